@@ -1,0 +1,1 @@
+"""llm-mesh gateway/providers."""

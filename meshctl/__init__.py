@@ -1,0 +1,1 @@
+"""The `llm-mesh` command: starts services and runs the operator tools."""
