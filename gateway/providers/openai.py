@@ -1,0 +1,443 @@
+"""OpenAI Chat Completions (and compatible servers) behind the canonical interface.
+
+Request (https://platform.openai.com/docs/api-reference/chat/create): messages with their
+roles, `max_completion_tokens`, `n`, `seed`, `stop`, penalties, `logprobs`/`top_logprobs`,
+`response_format` (`json_schema` or `json_object`), `tools`/`tool_choice`, and always
+`stream_options.include_usage` (the usage goes into `GenerationFinish`). Reasoning parts of
+earlier turns are not sent (the API has no place for them). Refused: beam search, `ignore_eos`,
+regex and choice constraints. Dropped: `top_k`. `provider_extensions["openai"]` may add any
+other key of the body.
+
+Stream: every choice `index` is a canonical sequence, started by its first chunk and finished
+by its `finish_reason` (stop → STOP, length → LENGTH, tool_calls/function_call → TOOL_CALLS,
+content_filter → CONTENT_FILTER, anything else → UNSPECIFIED); `delta.content`, `delta.refusal`,
+`delta.tool_calls` and (for compatible servers, with `include_reasoning`) `reasoning_content`
+become deltas, `logprobs.content` rides on its text delta. An in-band `{"error": …}` chunk
+ends the stream with a `StreamError` (rate limits → RATE_LIMITED, invalid requests →
+INVALID_REQUEST, both retryable as their kind is; anything else UPSTREAM_ERROR, retryable).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, Final
+
+import httpx
+from llmmesh.v1 import chat_pb2, events_pb2
+
+from gateway.providers.base import ProviderConfig
+from gateway.providers.errors import (
+    InvalidRequest,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+    error_for_status,
+)
+from gateway.providers.extensions import merge_extensions
+from gateway.providers.parameters import budget, decimal, refuse_unsupported
+from gateway.providers.sse import ServerSentEvent
+from gateway.providers.stream_builder import MalformedStream, StreamBuilder
+from gateway.providers.structs import struct_to_json
+from gateway.providers.upstream import Upstream, parse_json_object, retry_after
+
+__all__ = ["OpenAIAdapter"]
+
+PROVIDER: Final = "openai"
+DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+
+_UNSUPPORTED: Final = (
+    "beam_search",
+    "ignore_eos",
+    "structured_output.regex",
+    "structured_output.choice",
+)
+#: Keys that carry the conversation or the streaming protocol: never from an extension.
+_RESERVED: Final = frozenset({"model", "messages", "stream", "stream_options"})
+
+_FINISH_REASONS: Final = {
+    "stop": events_pb2.FINISH_REASON_STOP,
+    "length": events_pb2.FINISH_REASON_LENGTH,
+    "tool_calls": events_pb2.FINISH_REASON_TOOL_CALLS,
+    "function_call": events_pb2.FINISH_REASON_TOOL_CALLS,
+    "content_filter": events_pb2.FINISH_REASON_CONTENT_FILTER,
+}
+
+Events = list[events_pb2.StreamEvent]
+
+
+# -- canonical request → OpenAI body ------------------------------------------------------------
+
+
+def _text(message: chat_pb2.Message) -> str:
+    return "".join(part.text for part in message.content if part.WhichOneof("kind") == "text")
+
+
+def _image_url(image: chat_pb2.Image) -> str:
+    if image.WhichOneof("source") == "url":
+        return image.url
+    if not image.mime_type:
+        raise InvalidRequest(
+            "an inline image needs its mime_type", provider=PROVIDER, field="messages.content"
+        )
+    return f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode('ascii')}"
+
+
+def _user_content(message: chat_pb2.Message) -> str | list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for part in message.content:
+        kind = part.WhichOneof("kind")
+        if kind == "text":
+            parts.append({"type": "text", "text": part.text})
+        elif kind == "image":
+            parts.append({"type": "image_url", "image_url": {"url": _image_url(part.image)}})
+    if all(part["type"] == "text" for part in parts) and len(parts) <= 1:
+        return parts[0]["text"] if parts else ""
+    return parts
+
+
+def _message(message: chat_pb2.Message) -> dict[str, Any]:
+    role = message.role
+    result: dict[str, Any]
+    if role == chat_pb2.ROLE_SYSTEM:
+        result = {"role": "system", "content": _text(message)}
+    elif role == chat_pb2.ROLE_USER:
+        result = {"role": "user", "content": _user_content(message)}
+    elif role == chat_pb2.ROLE_ASSISTANT:
+        result = {"role": "assistant", "content": _text(message) or None}
+        if message.tool_calls:
+            result["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments or "{}"},
+                }
+                for call in message.tool_calls
+            ]
+    elif role == chat_pb2.ROLE_TOOL:
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": _text(message)}
+    else:
+        raise InvalidRequest("a message has no role", provider=PROVIDER, field="messages.role")
+    if message.name:
+        result["name"] = message.name
+    return result
+
+
+def _tool(tool: chat_pb2.Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    if tool.HasField("parameters"):
+        function["parameters"] = struct_to_json(tool.parameters)
+    if tool.HasField("strict"):
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: chat_pb2.ToolChoice) -> str | dict[str, Any] | None:
+    which = choice.WhichOneof("choice")
+    if which == "function_name":
+        return {"type": "function", "function": {"name": choice.function_name}}
+    if which == "mode":
+        return {
+            chat_pb2.ToolChoice.MODE_AUTO: "auto",
+            chat_pb2.ToolChoice.MODE_NONE: "none",
+            chat_pb2.ToolChoice.MODE_REQUIRED: "required",
+        }.get(choice.mode)
+    return None
+
+
+def _response_format(output: chat_pb2.StructuredOutput) -> dict[str, Any] | None:
+    which = output.WhichOneof("constraint")
+    if which == "json_schema":
+        schema: dict[str, Any] = {"name": output.json_schema.name or "response"}
+        schema["schema"] = struct_to_json(output.json_schema.schema)
+        if output.json_schema.HasField("strict"):
+            schema["strict"] = output.json_schema.strict
+        return {"type": "json_schema", "json_schema": schema}
+    if which == "json_object" and output.json_object:
+        return {"type": "json_object"}
+    return None
+
+
+def request_body(request: chat_pb2.ChatRequest, config: ProviderConfig) -> dict[str, Any]:
+    """The Chat Completions body for `request` (streaming); raises `InvalidRequest`."""
+    refuse_unsupported(request, provider=PROVIDER, unsupported=_UNSUPPORTED)
+    params = request.generation_parameters
+    body: dict[str, Any] = {
+        "model": config.upstream_model,
+        "messages": [_message(message) for message in request.messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    for field, key in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+    ):
+        if params.HasField(field):
+            body[key] = decimal(getattr(params, field))
+    for field, key in (
+        ("max_tokens", "max_completion_tokens"),
+        ("n", "n"),
+        ("seed", "seed"),
+        ("logprobs", "logprobs"),
+        ("top_logprobs", "top_logprobs"),
+    ):
+        if params.HasField(field):
+            body[key] = getattr(params, field)
+    if params.stop:
+        body["stop"] = list(params.stop)
+    response_format = _response_format(params.structured_output)
+    if response_format is not None:
+        body["response_format"] = response_format
+    if request.tools:
+        body["tools"] = [_tool(tool) for tool in request.tools]
+    tool_choice = _tool_choice(request.tool_choice)
+    if tool_choice is not None:
+        body["tool_choice"] = tool_choice
+    return merge_extensions(body, request, provider=PROVIDER, reserved=_RESERVED)
+
+
+# -- OpenAI answers → canonical events ----------------------------------------------------------
+
+
+def _logprobs(entries: Any) -> list[events_pb2.TokenLogprob]:
+    return [
+        events_pb2.TokenLogprob(
+            token=entry.get("token", ""),
+            logprob=entry.get("logprob", 0.0),
+            top_logprobs=[
+                events_pb2.TopLogprob(token=top.get("token", ""), logprob=top.get("logprob", 0.0))
+                for top in entry.get("top_logprobs") or []
+            ],
+        )
+        for entry in entries or []
+    ]
+
+
+def _apply_usage(builder: StreamBuilder, usage: dict[str, Any]) -> None:
+    target = builder.usage
+    target.prompt_tokens = usage.get("prompt_tokens") or 0
+    target.completion_tokens = usage.get("completion_tokens") or 0
+    target.total_tokens = usage.get("total_tokens") or 0
+    target.cached_prompt_tokens = (usage.get("prompt_tokens_details") or {}).get(
+        "cached_tokens"
+    ) or 0
+    target.reasoning_tokens = (usage.get("completion_tokens_details") or {}).get(
+        "reasoning_tokens"
+    ) or 0
+
+
+def _error_kind(error: dict[str, Any]) -> tuple[events_pb2.ErrorCode, bool]:
+    """The canonical code and retryable flag of an OpenAI error object."""
+    kind = f"{error.get('type') or ''} {error.get('code') or ''}"
+    if "rate_limit" in kind:
+        return events_pb2.ERROR_CODE_RATE_LIMITED, True
+    if "invalid_request" in kind:
+        return events_pb2.ERROR_CODE_INVALID_REQUEST, False
+    return events_pb2.ERROR_CODE_UPSTREAM_ERROR, True
+
+
+def _raise_error_object(error: dict[str, Any]) -> ProviderError:
+    message = str(error.get("message") or "the provider reported an error")
+    code, _ = _error_kind(error)
+    if code == events_pb2.ERROR_CODE_RATE_LIMITED:
+        return RateLimited(message, provider=PROVIDER)
+    if code == events_pb2.ERROR_CODE_INVALID_REQUEST:
+        return ProviderRejected(message, provider=PROVIDER, status=400)
+    return ProviderUnavailable(message, provider=PROVIDER)
+
+
+class _StreamTranslator:
+    """Chat completion chunks → canonical events."""
+
+    def __init__(self, request: chat_pb2.ChatRequest) -> None:
+        params = request.generation_parameters
+        self.builder = StreamBuilder(sequences=params.n if params.HasField("n") else 1)
+        self._reasoning = request.include_reasoning
+
+    def feed(self, event: ServerSentEvent) -> Events:
+        data = event.data.strip()
+        if not data:
+            return []
+        if data == "[DONE]":
+            return self._close(done_marker=True)
+        chunk = parse_json_object(data)
+        error = chunk.get("error")
+        if error:
+            error = error if isinstance(error, dict) else {"message": str(error)}
+            if not self.builder.started:
+                raise _raise_error_object(error)
+            code, retryable = _error_kind(error)
+            message = str(error.get("message") or "the provider reported an error")
+            return self.builder.fail(code, message, retryable=retryable)
+        events = self.builder.start(
+            request_id=str(chunk.get("id") or ""),
+            model=str(chunk.get("model") or ""),
+            created=chunk.get("created"),
+        )
+        for choice in chunk.get("choices") or []:
+            events += self._choice(choice)
+        if chunk.get("usage"):
+            _apply_usage(self.builder, chunk["usage"])
+        return events
+
+    def _choice(self, choice: dict[str, Any]) -> Events:
+        builder = self.builder
+        index = int(choice.get("index") or 0)
+        delta = choice.get("delta") or {}
+        logprobs = choice.get("logprobs") or {}
+        events = builder.open(index)
+        if self._reasoning:
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str):
+                events += builder.reasoning(index, reasoning)
+        events += builder.text(
+            index, delta.get("content") or "", _logprobs(logprobs.get("content"))
+        )
+        events += builder.refusal(
+            index, delta.get("refusal") or "", _logprobs(logprobs.get("refusal"))
+        )
+        for call in delta.get("tool_calls") or []:
+            function = call.get("function") or {}
+            events += builder.tool_call(
+                index,
+                int(call.get("index") or 0),
+                call_id=call.get("id") or "",
+                name=function.get("name") or "",
+                arguments=function.get("arguments") or "",
+            )
+        reason = choice.get("finish_reason")
+        if reason:
+            events += builder.finish(
+                index, _FINISH_REASONS.get(reason, events_pb2.FINISH_REASON_UNSPECIFIED)
+            )
+        return events
+
+    def _close(self, *, done_marker: bool) -> Events:
+        builder = self.builder
+        if not builder.started or builder.done:
+            return []
+        if builder.open_sequences:
+            ending = "[DONE]" if done_marker else "the end of the stream"
+            return builder.fail(
+                events_pb2.ERROR_CODE_UPSTREAM_ERROR,
+                f"{PROVIDER} sent {ending} before every choice finished",
+                retryable=True,
+            )
+        return builder.end()
+
+    def end_of_body(self) -> Events:
+        return self._close(done_marker=False)
+
+
+def _completion_events(body: dict[str, Any], request: chat_pb2.ChatRequest) -> Events:
+    """A non-streaming `chat.completion` → the same canonical events as its stream."""
+    if body.get("error"):
+        error = body["error"] if isinstance(body["error"], dict) else {"message": body["error"]}
+        raise _raise_error_object(error)
+    params = request.generation_parameters
+    builder = StreamBuilder(sequences=params.n if params.HasField("n") else 1)
+    usage = body.get("usage") or {}
+    events = builder.start(
+        request_id=str(body.get("id") or ""),
+        model=str(body.get("model") or ""),
+        prompt_tokens=usage.get("prompt_tokens") or 0,
+        created=body.get("created"),
+    )
+    for choice in sorted(body.get("choices") or [], key=lambda c: int(c.get("index") or 0)):
+        index = int(choice.get("index") or 0)
+        message = choice.get("message") or {}
+        logprobs = choice.get("logprobs") or {}
+        events += builder.open(index)
+        if request.include_reasoning and isinstance(message.get("reasoning_content"), str):
+            events += builder.reasoning(index, message["reasoning_content"])
+        events += builder.text(
+            index, message.get("content") or "", _logprobs(logprobs.get("content"))
+        )
+        events += builder.refusal(
+            index, message.get("refusal") or "", _logprobs(logprobs.get("refusal"))
+        )
+        for position, call in enumerate(message.get("tool_calls") or []):
+            function = call.get("function") or {}
+            events += builder.tool_call(
+                index,
+                position,
+                call_id=call.get("id") or "",
+                name=function.get("name") or "",
+                arguments=function.get("arguments") or "",
+            )
+        reason = choice.get("finish_reason") or ""
+        events += builder.finish(
+            index, _FINISH_REASONS.get(reason, events_pb2.FINISH_REASON_UNSPECIFIED)
+        )
+    _apply_usage(builder, usage)
+    return events + builder.end()
+
+
+def _parse_error(status: int, content: bytes, headers: httpx.Headers) -> ProviderError:
+    message = content.decode("utf-8", "replace").strip() or f"HTTP {status}"
+    try:
+        error = parse_json_object(content).get("error")
+    except ValueError:
+        error = None
+    if isinstance(error, dict) and error.get("message"):
+        message = str(error["message"])
+    return error_for_status(status, message, provider=PROVIDER, retry_after=retry_after(headers))
+
+
+class OpenAIAdapter:
+    """OpenAI's Chat Completions API (or a compatible server at `base_url`)."""
+
+    name: Final = PROVIDER
+
+    def __init__(
+        self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._config = config
+        headers = {}
+        if config.secret_api_key():
+            headers["authorization"] = f"Bearer {config.secret_api_key()}"
+        self._upstream = Upstream(
+            provider=PROVIDER,
+            config=config,
+            base_url=config.base_url or DEFAULT_BASE_URL,
+            headers=headers,
+            parse_error=_parse_error,
+            transport=transport,
+        )
+
+    async def stream(self, request: chat_pb2.ChatRequest) -> AsyncIterator[events_pb2.StreamEvent]:
+        """See `ProviderAdapter.stream`."""
+        body = request_body(request, self._config)
+        async with aclosing(
+            self._upstream.stream(
+                path="chat/completions",
+                body=body,
+                translator=lambda: _StreamTranslator(request),
+                budget=budget(request, self._config.total_timeout),
+            )
+        ) as events:
+            async for event in events:
+                yield event
+
+    async def complete(self, request: chat_pb2.ChatRequest) -> Events:
+        """See `ProviderAdapter.complete`."""
+        body = request_body(request, self._config)
+        body["stream"] = False
+        del body["stream_options"]
+        answer = await self._upstream.post(
+            path="chat/completions", body=body, budget=budget(request, self._config.total_timeout)
+        )
+        try:
+            return _completion_events(answer, request)
+        except MalformedStream as exc:
+            raise ProviderUnavailable(str(exc), provider=PROVIDER) from exc
+
+    async def aclose(self) -> None:
+        """See `ProviderAdapter.aclose`."""
+        await self._upstream.aclose()
