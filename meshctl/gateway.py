@@ -1,0 +1,77 @@
+"""`llm-mesh gateway`: the HTTP edge (settings `LLM_MESH_GATEWAY_*`) on uvicorn.
+
+Prints `llm-mesh gateway ready: <url>` once it accepts connections (with the bound port when
+the configured port is 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds the `gateway` command to the `llm-mesh` parser."""
+    gateway = commands.add_parser(
+        "gateway",
+        help="run the HTTP gateway (native, OpenAI- and Anthropic-compatible APIs)",
+        description=__doc__,
+    )
+    gateway.add_argument("--host", help="listen address (default: LLM_MESH_GATEWAY_HOST)")
+    gateway.add_argument("--port", type=int, help="listen port, 0 = any (LLM_MESH_GATEWAY_PORT)")
+    gateway.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the gateway until SIGINT/SIGTERM; exit status 2 when the routing file is invalid."""
+    # Imported here: the other `llm-mesh` commands need none of the gateway.
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.routing import RoutingError
+    from gateway.settings import GatewaySettings
+
+    overrides: dict[str, object] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    settings = GatewaySettings.model_validate(overrides)
+    try:
+        app = create_app(settings)
+    except RoutingError as exc:
+        print(f"llm-mesh gateway: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
+        # Streams get `shutdown_grace` to end (sse-starlette); uvicorn waits a little longer.
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 2,
+        lifespan="on",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    asyncio.run(_serve(server, "https" if settings.tls_certfile else "http"))
+    return 0 if server.started else 1
+
+
+async def _serve(server: Any, scheme: str) -> None:
+    """Serves until a signal; announces the bound address once connections are accepted."""
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # uvicorn offers no start-up callback
+        if serving.done():
+            await serving
+            return
+        await asyncio.sleep(0.02)
+    for listener in server.servers:
+        for bound in listener.sockets:
+            host, port = bound.getsockname()[:2]
+            print(f"llm-mesh gateway ready: {scheme}://{host}:{port}", flush=True)
+    await serving

@@ -1,0 +1,202 @@
+"""The replica's RabbitMQ side (DESIGN.md, "Broker topology").
+
+One robust connection with three channels:
+
+- tasks: publisher confirms and `on_return_raises`, so a `mandatory` task for a model whose
+  queue no worker ever declared comes back as `PublishError` (the caller's NOT_FOUND);
+- control: cancels out on `llm.control`, and this replica's own exclusive queue bound to it,
+  through which every worker's heartbeats come in (handed to a callback: heartbeats need no
+  buffer of their own);
+- replies: this replica's exclusive, auto-deleted reply queue (every task's `reply_to`). It
+  vanishes with the connection, so workers streaming to a dead replica get their chunks back
+  unroutable and stop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Final
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import (
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    DeliveryError,
+    PublishError,
+)
+from google.protobuf.message import DecodeError
+from llmmesh.v1 import broker_pb2
+
+from plumbing.settings import MeshSettings
+from plumbing.topology import Topology
+from scheduler.errors import ModelNotFound, WorkerUnavailable
+
+__all__ = ["PROTOBUF_CONTENT_TYPE", "TaskBroker"]
+
+logger = logging.getLogger(__name__)
+
+PROTOBUF_CONTENT_TYPE: Final = "application/x-protobuf"
+#: Heartbeats older than this are useless; don't let a stalled replica's queue grow.
+_CONTROL_MESSAGE_TTL_MS: Final = 30_000
+_BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError)
+
+
+class TaskBroker:
+    """Publishes tasks and cancels; yields this replica's replies and control messages.
+
+    Call `connect` first and `close` last.
+    """
+
+    def __init__(self, mesh: MeshSettings, replica_id: str) -> None:
+        self._url = mesh.amqp_url
+        self._replica_id = replica_id
+        self.topology = Topology(mesh.broker_prefix)
+        #: This replica's reply queue: every task's `reply_to`.
+        self.reply_queue_name = f"{mesh.broker_prefix}llm.replies.{replica_id}"
+        #: This replica's queue on `llm.control`.
+        self.control_queue_name = f"{mesh.broker_prefix}llm.control.scheduler.{replica_id}"
+        self._connection: AbstractRobustConnection | None = None
+        self._task_channel: AbstractChannel | None = None
+        self._tasks: AbstractExchange | None = None
+        self._control: AbstractExchange | None = None
+        self._reply_queue: AbstractQueue | None = None
+        self._control_queue: AbstractQueue | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now."""
+        return self._connection is not None and not self._connection.is_closed
+
+    async def connect(self) -> None:
+        """Connects, declares the exchanges and this replica's own queues."""
+        connection = await aio_pika.connect_robust(
+            self._url,
+            client_properties={"connection_name": f"llm-mesh scheduler {self._replica_id}"},
+        )
+        self._connection = connection
+        self._task_channel = await connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self._tasks = await self.topology.declare_tasks_exchange(self._task_channel)
+        control_channel = await connection.channel(publisher_confirms=False)
+        self._control = await self.topology.declare_control_exchange(control_channel)
+        self._control_queue = await control_channel.declare_queue(
+            self.control_queue_name,
+            exclusive=True,
+            auto_delete=True,
+            arguments={"x-message-ttl": _CONTROL_MESSAGE_TTL_MS},
+        )
+        await self._control_queue.bind(self._control)
+        reply_channel = await connection.channel(publisher_confirms=False)
+        self._reply_queue = await reply_channel.declare_queue(
+            self.reply_queue_name, exclusive=True, auto_delete=True
+        )
+
+    async def close(self) -> None:
+        """Closes the connection (the broker deletes this replica's queues)."""
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def publish_task(
+        self, task: broker_pb2.Task, *, model: str, priority: int, expiration: float
+    ) -> None:
+        """Publishes a task persistently and returns when the broker confirmed it.
+
+        Raises `ModelNotFound` when no queue is bound for `model`, `WorkerUnavailable` when
+        the broker refuses the task or cannot be reached.
+        """
+        assert self._tasks is not None, "connect() first"
+        message = aio_pika.Message(
+            task.SerializeToString(),
+            content_type=PROTOBUF_CONTENT_TYPE,
+            type=broker_pb2.Task.DESCRIPTOR.full_name,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=priority,
+            expiration=expiration,
+            correlation_id=task.request_id,
+            reply_to=self.reply_queue_name,
+        )
+        try:
+            await self._tasks.publish(message, routing_key=model, mandatory=True)
+        except PublishError as exc:
+            raise ModelNotFound(model) from exc
+        except DeliveryError as exc:
+            raise WorkerUnavailable("the broker refused the task") from exc
+        except _BROKER_ERRORS as exc:
+            raise WorkerUnavailable("the broker is unreachable") from exc
+
+    async def publish_cancel(self, request_id: str, reason: str) -> None:
+        """Tells every worker to stop `request_id`. Never raises: a lost cancel is logged."""
+        assert self._control is not None, "connect() first"
+        cancel = broker_pb2.ControlMessage(
+            cancel=broker_pb2.Cancel(request_id=request_id, reason=reason)
+        )
+        message = aio_pika.Message(
+            cancel.SerializeToString(),
+            content_type=PROTOBUF_CONTENT_TYPE,
+            type=broker_pb2.ControlMessage.DESCRIPTOR.full_name,
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        )
+        try:
+            # Not mandatory: no worker listening is fine.
+            await self._control.publish(message, routing_key="", mandatory=False)
+        except _BROKER_ERRORS:
+            logger.warning("cancel of request %s (%s) not sent", request_id, reason, exc_info=True)
+
+    async def queue_exists(self, model: str) -> bool:
+        """Whether some worker declared `model`'s task queue (a passive declare).
+
+        Raises `WorkerUnavailable` when the broker cannot be reached.
+        """
+        assert self._connection is not None, "connect() first"
+        try:
+            # A failed passive declare closes its channel: use a throw-away one.
+            channel = await self._connection.channel(publisher_confirms=False)
+            try:
+                await channel.declare_queue(self.topology.task_queue(model), passive=True)
+            except ChannelNotFoundEntity:
+                return False
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        except _BROKER_ERRORS as exc:
+            raise WorkerUnavailable("the broker is unreachable") from exc
+        return True
+
+    async def replies(self) -> AsyncIterator[broker_pb2.TaskChunk]:
+        """The chunks arriving on this replica's reply queue (undecodable ones are logged)."""
+        assert self._reply_queue is not None, "connect() first"
+        async with self._reply_queue.iterator(no_ack=True) as messages:
+            async for message in messages:
+                try:
+                    chunk = broker_pb2.TaskChunk.FromString(message.body)
+                except DecodeError:
+                    logger.warning("undecodable reply chunk dropped (%d bytes)", len(message.body))
+                    continue
+                yield chunk
+
+    async def listen_to_heartbeats(
+        self, on_heartbeat: Callable[[broker_pb2.Heartbeat], None]
+    ) -> None:
+        """Calls `on_heartbeat` for every heartbeat on `llm.control` from now on."""
+        assert self._control_queue is not None, "connect() first"
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            try:
+                control = broker_pb2.ControlMessage.FromString(message.body)
+            except DecodeError:
+                logger.warning("undecodable control message dropped")
+                return
+            if control.HasField("heartbeat"):
+                on_heartbeat(control.heartbeat)
+
+        await self._control_queue.consume(deliver, no_ack=True)

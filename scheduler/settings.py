@@ -1,0 +1,54 @@
+"""The scheduler's settings (`LLM_MESH_SCHEDULER_*`), nesting the shared `MeshSettings`."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from plumbing.settings import MeshSettings
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Everything one scheduler replica reads; build it once in `main()` and pass it down.
+
+    Timeouts are in seconds and follow DESIGN.md: `queue` until a worker accepts the task
+    (also the task's message expiration), `first_token` from acceptance to the first token,
+    `idle` between chunks after it, `total` the cap of a request's whole budget.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LLM_MESH_SCHEDULER_", extra="ignore")
+
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
+    grpc_bind: str = Field(
+        default="127.0.0.1:50051", description="gRPC listen address; port 0 picks a free port."
+    )
+    http_bind: str = Field(
+        default="127.0.0.1:9101",
+        description="HTTP address of /healthz, /readyz and /metrics; port 0 picks a free port.",
+    )
+    queue_timeout: float = Field(default=30.0, gt=0, description="`queue` timeout.")
+    first_token_timeout: float = Field(default=60.0, gt=0, description="`first_token` timeout.")
+    idle_timeout: float = Field(default=30.0, gt=0, description="`idle` timeout.")
+    total_timeout: float = Field(
+        default=600.0, gt=0, description="`total` timeout: the cap of any request's budget."
+    )
+    demux_queue_size: int = Field(
+        default=256, ge=1, description="Chunks buffered per request before a slow reader fails."
+    )
+    grace_period: float = Field(
+        default=10.0, ge=0, description="How long in-flight streams may finish on shutdown."
+    )
+    missed_heartbeats: float = Field(
+        default=3.0, gt=1, description="A worker is gone after this many heartbeat intervals."
+    )
+    discovery_period: float = Field(
+        default=5.0,
+        ge=0,
+        description="After start, how long the registry listens before it fails requests fast "
+        "for models without a live worker.",
+    )
+    registry_sweep_interval: float = Field(
+        default=0.25, gt=0, description="How often expired workers are looked for."
+    )

@@ -1,0 +1,82 @@
+"""The worker's settings (`LLM_MESH_WORKER_*`), nesting the shared `MeshSettings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from plumbing.settings import MeshSettings
+
+__all__ = ["EngineKind", "Settings"]
+
+EngineKind = Literal["vllm", "synthetic"]
+
+
+class Settings(BaseSettings):
+    """Everything one worker reads; build it once in `main()` and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_MESH_WORKER_", extra="ignore")
+
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
+    model: str = Field(default="smollm2-135m", description="The routing name of the model.")
+    model_dir: Path | None = Field(
+        default=None,
+        description="vLLM: the model's Hugging Face directory; unset = the packaged default "
+        "model (smollm2-135m), converted into the model cache on first start.",
+    )
+    engine: EngineKind = Field(
+        default="vllm",
+        description="`vllm`, or `synthetic`: a deterministic fixed-rate engine for benchmarks "
+        "and fault tests, never the default.",
+    )
+    priority: int = Field(
+        default=1,
+        ge=0,
+        description="Consumer priority (`x-priority`) of the hardware class: higher is served "
+        "first, lower only takes overflow.",
+    )
+    hardware_class: str = Field(default="cpu", description="Free text announced in heartbeats.")
+    capacity: int = Field(
+        default=8, ge=1, description="Sequences run at once: the task queue's prefetch."
+    )
+    worker_id: str = Field(default="", description="Unique id; empty = host, pid and random.")
+    http_bind: str = Field(
+        default="127.0.0.1:9102",
+        description="HTTP address of /healthz, /readyz and /metrics; port 0 picks a free port.",
+    )
+    heartbeat_interval: float = Field(default=2.0, gt=0, description="Seconds between heartbeats.")
+    grace_period: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+    )
+    reply_flush_interval: float = Field(
+        default=0.015,
+        ge=0,
+        description="Coalescing window of reply chunks: at most one chunk per request per "
+        "window, except the start, the first token and the end, which go at once.",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="A task redelivered this many times (it keeps killing workers) is "
+        "dead-lettered.",
+    )
+    cancelled_ttl: float = Field(
+        default=600.0, gt=0, description="How long cancelled request ids are remembered."
+    )
+    synthetic_max_context: int = Field(default=2048, ge=1, description="Synthetic: context.")
+    synthetic_supports_tools: bool = Field(default=False, description="Synthetic: tools.")
+    synthetic_tokens: int = Field(
+        default=16, ge=1, description="Synthetic: tokens before the end-of-sequence token."
+    )
+    synthetic_token_interval: float = Field(
+        default=0.02, ge=0, description="Synthetic: seconds between tokens."
+    )
+    synthetic_first_token_delay: float = Field(
+        default=0.0, ge=0, description="Synthetic: seconds before the first token (prefill)."
+    )
+    synthetic_prepare_delay: float = Field(
+        default=0.0, ge=0, description="Synthetic: seconds `prepare` takes (template rendering)."
+    )
