@@ -34,7 +34,6 @@ __all__ = [
     "ProviderUnavailable",
     "ProviderUpstreamError",
     "RateLimited",
-    "adapter_class",
     "load_adapter",
 ]
 
@@ -55,6 +54,3 @@ def load_adapter(name: str) -> AdapterFactory:
     adapter: AdapterFactory = getattr(importlib.import_module(module_name), class_name)
     return adapter
 
-
-#: The name `gateway/backends.py` imports; the same function.
-adapter_class = load_adapter

@@ -1,0 +1,42 @@
+"""The gateway's Prometheus metrics, served on `/metrics` of the API port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["GatewayMetrics"]
+
+
+class GatewayMetrics:
+    """One registry per app, so that several apps in one process never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "llm_mesh_gateway_requests",
+            "Requests by API, model and outcome (ok, error, cancelled, or the HTTP status of a "
+            "request refused before it started).",
+            ["api", "model", "outcome"],
+            registry=self.registry,
+        )
+        self.streaming = Gauge(
+            "llm_mesh_gateway_generations_in_flight",
+            "Generations started and not yet ended.",
+            registry=self.registry,
+        )
+        self.time_to_start = Histogram(
+            "llm_mesh_gateway_time_to_start_seconds",
+            "From a request's arrival to its GenerationStart (the response headers).",
+            ["api"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "llm_mesh_gateway_tokens",
+            "Tokens by model and kind (prompt, completion).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)

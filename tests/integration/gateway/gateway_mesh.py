@@ -1,0 +1,279 @@
+"""The mesh behind the gateway tests: a scheduler and a worker (subprocesses), keys, gateways.
+
+`conftest.py` registers the fixtures; tests import the helpers from here (a unique module name:
+test directories are not packages).
+
+Every run uses its own broker prefix and data directory; processes run in their own process
+groups and are killed by group at the end; the broker objects the run declared are deleted.
+The worker's engine is chosen by one fixture, `worker_engine` (synthetic by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import ssl
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import httpx
+import pytest
+import pytest_asyncio
+
+from plumbing.client import SchedulerClient
+from plumbing.keystore import Keystore
+from plumbing.topology import Topology
+
+MODEL = "smollm2-135m"
+LLM_MESH = str(Path(sys.executable).with_name("llm-mesh"))
+#: Bound of every process start-up and readiness wait.
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class Process:
+    """A `llm-mesh` subprocess in its own process group, and the line it announced."""
+
+    process: asyncio.subprocess.Process
+    ready_line: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Signals the group, waits (bounded), and makes sure no member survives."""
+        if self.process.returncode is None:
+            try:
+                os.killpg(self.pid, signum)
+            except ProcessLookupError:
+                pass
+            try:
+                async with asyncio.timeout(20):
+                    await self.process.wait()
+            except TimeoutError:
+                os.killpg(self.pid, signal.SIGKILL)
+                await self.process.wait()
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # stragglers (e.g. an engine's child)
+        except ProcessLookupError:
+            pass
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+
+async def start_process(
+    args: list[str], *, env: Mapping[str, str], ready: str, log: Path
+) -> Process:
+    """Starts `llm-mesh ARGS`; returns once it printed a line starting with `ready`."""
+    with log.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            LLM_MESH,
+            *args,
+            env={**os.environ, **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            while True:
+                line = (await process.stdout.readline()).decode()
+                if not line:
+                    await process.wait()
+                    raise RuntimeError(
+                        f"llm-mesh {args[0]} exited ({process.returncode}); see {log}"
+                    )
+                if line.startswith(ready):
+                    return Process(process, line.strip(), log)
+    except BaseException:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        raise
+
+
+@dataclass
+class Mesh:
+    """The running scheduler and worker."""
+
+    prefix: str
+    scheduler_target: str
+    worker_metrics_url: str
+    base_env: dict[str, str]
+    processes: list[Process] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session")
+def worker_engine() -> str:
+    """The engine of the mesh's worker: the one switch between synthetic and real vLLM."""
+    return "synthetic"
+
+
+async def _wait_for_model(target: str, model: str) -> None:
+    async with SchedulerClient(target) as client:
+        async with asyncio.timeout(START_TIMEOUT):
+            while True:
+                models = await client.list_models()
+                if any(info.name == model and info.ready_workers > 0 for info in models):
+                    return
+                await asyncio.sleep(0.05)  # heartbeats are periodic: nothing to await
+
+
+async def _delete_broker_objects(amqp_url: str, topology: Topology) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (topology.task_queue(MODEL), topology.dead_letter_queue):
+            await channel.queue_delete(queue, if_unused=False, if_empty=False)
+        for exchange in (
+            topology.tasks_exchange,
+            topology.dead_letter_exchange,
+            topology.control_exchange,
+        ):
+            await channel.exchange_delete(exchange)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def mesh(tmp_path_factory: pytest.TempPathFactory, worker_engine: str) -> AsyncIterator[Mesh]:
+    """`llm-mesh scheduler` and `llm-mesh worker --engine <worker_engine>` for the session."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}."
+    logs = tmp_path_factory.mktemp("mesh-logs")
+    base_env = {
+        "LLM_MESH_BROKER_PREFIX": prefix,
+        "LLM_MESH_DATA_DIR": str(tmp_path_factory.mktemp("mesh-data")),
+        "LLM_MESH_SCHEDULER_DISCOVERY_PERIOD": "0",
+        "LLM_MESH_WORKER_HEARTBEAT_INTERVAL": "0.5",
+        # Short generations whatever a request asks (the fuzzer asks for anything).
+        "LLM_MESH_WORKER_SYNTHETIC_TOKEN_INTERVAL": "0.005",
+        "LLM_MESH_WORKER_SYNTHETIC_MAX_CONTEXT": "512",
+        "LLM_MESH_WORKER_GRACE_PERIOD": "2",
+    }
+    processes: list[Process] = []
+    try:
+        scheduler = await start_process(
+            ["scheduler", "--grpc-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"],
+            env=base_env,
+            ready="llm-mesh scheduler ready:",
+            log=logs / "scheduler.log",
+        )
+        processes.append(scheduler)
+        target = re.search(r"grpc=(\S+)", scheduler.ready_line)
+        assert target is not None
+        worker = await start_process(
+            [
+                "worker",
+                "--engine",
+                worker_engine,
+                "--model",
+                MODEL,
+                "--http-bind",
+                "127.0.0.1:0",
+            ],
+            env=base_env,
+            ready="llm-mesh worker ready:",
+            log=logs / "worker.log",
+        )
+        processes.append(worker)
+        metrics = re.search(r"http=(\S+)", worker.ready_line)
+        assert metrics is not None
+        await _wait_for_model(target.group(1), MODEL)
+        yield Mesh(
+            prefix=prefix,
+            scheduler_target=target.group(1),
+            worker_metrics_url=metrics.group(1).rstrip("/") + "/metrics",
+            base_env=base_env,
+            processes=processes,
+        )
+    finally:
+        for process in reversed(processes):
+            await process.stop()
+        await _delete_broker_objects(
+            os.environ.get("LLM_MESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+            Topology(prefix),
+        )
+
+
+@dataclass
+class Gateway:
+    """A running `llm-mesh gateway` and the database it records to."""
+
+    process: Process
+    url: str
+    keystore: Keystore
+
+
+async def start_gateway(
+    mesh: Mesh,
+    keystore: Keystore,
+    log: Path,
+    *,
+    database_url: str = "",
+    scheduler_target: str | None = None,
+    service_credential: str = "",
+    extra_env: Mapping[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> Gateway:
+    """Starts a gateway subprocess on a free port in front of the mesh."""
+    env = {
+        **mesh.base_env,
+        "LLM_MESH_GATEWAY_SCHEDULER_TARGETS": scheduler_target or mesh.scheduler_target,
+        "LLM_MESH_GATEWAY_PING_INTERVAL": "1",
+        "LLM_MESH_GATEWAY_SSE_SEND_TIMEOUT": "5",
+        "LLM_MESH_DATABASE_URL": database_url,
+        **(
+            {"LLM_MESH_GATEWAY_SERVICE_CREDENTIAL": service_credential}
+            if service_credential
+            else {}
+        ),
+        **(extra_env or {}),
+    }
+    process = await start_process(
+        ["gateway", "--port", "0"], env=env, ready="llm-mesh gateway ready:", log=log
+    )
+    url = process.ready_line.split("ready:", 1)[1].strip()
+    async with httpx.AsyncClient(base_url=url, verify=verify) as client:
+        async with asyncio.timeout(START_TIMEOUT):
+            while True:
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)  # readiness follows the worker's heartbeats
+    return Gateway(process=process, url=url, keystore=keystore)
+
+
+@pytest.fixture(scope="session")
+def sqlite_keystore(mesh: Mesh) -> Iterator[Keystore]:
+    """The SQLite keys/usage database in the mesh's data directory (the gateway's default)."""
+    keystore = Keystore.open(
+        f"sqlite:///{Path(mesh.base_env['LLM_MESH_DATA_DIR']) / 'llm-mesh.sqlite3'}"
+    )
+    yield keystore
+    keystore.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def gateway(
+    mesh: Mesh, sqlite_keystore: Keystore, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Gateway]:
+    """One gateway for the session, SQLite ledger, in front of the subprocess scheduler."""
+    running = await start_gateway(
+        mesh, sqlite_keystore, tmp_path_factory.mktemp("gateway") / "gateway.log"
+    )
+    yield running
+    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
+    assert await running.process.stop() in (0, -signal.SIGTERM)
+
+
+@pytest.fixture
+def api_key(gateway: Gateway) -> str:
+    """A fresh key without limits."""
+    key, _ = gateway.keystore.create_key(f"test-{uuid.uuid4().hex[:6]}")
+    return key
