@@ -1,7 +1,8 @@
 """One scheduler replica's lifecycle: broker, demux, registry, gRPC server and probes.
 
 `SchedulerServer.start` connects to the broker, feeds heartbeats into the registry, starts the
-background loops (reply dispatch, registry expiry), then serves gRPC (`SchedulerService`, the
+background loops (reply dispatch, registry expiry, the sweep of leftover stored payloads when
+object storage is configured), then serves gRPC (`SchedulerService`, the
 standard health service and reflection) and the HTTP probes. `stop` reverses it: health turns
 NOT_SERVING, in-flight calls get a grace period, then the broker connection closes (the
 replica's queues vanish with it).
@@ -20,11 +21,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from llmmesh.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 
+from plumbing.keystore import Keystore
+from plumbing.object_store import PayloadStore
 from plumbing.probes import ProbeServer, parse_bind
+from plumbing.s3_client import connect_s3
+from scheduler.auth import AuthInterceptor
 from scheduler.broker import TaskBroker
 from scheduler.demux import Demux, Verdict
 from scheduler.errors import WorkerFailed
 from scheduler.metrics import SchedulerMetrics
+from scheduler.offload import PayloadOffload
 from scheduler.registry import WorkerRegistry
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
@@ -58,6 +64,12 @@ class SchedulerServer:
             missed_heartbeats=settings.missed_heartbeats,
             discovery_period=settings.discovery_period,
         )
+        mesh = settings.mesh
+        self.offload = PayloadOffload(
+            PayloadStore(connect_s3(mesh), settings.payload_bucket) if mesh.s3_endpoint else None,
+            threshold=settings.payload_threshold_bytes,
+            metrics=self.metrics,
+        )
         self._interceptors = list(interceptors)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -87,9 +99,12 @@ class SchedulerServer:
         await self.broker.connect()
         await self.broker.listen_to_heartbeats(self.registry.observe)
         self._background = asyncio.create_task(self._run_background())
-        server = grpc.aio.server(interceptors=self._interceptors)
+        server = grpc.aio.server(
+            interceptors=self._interceptors,
+            options=[("grpc.max_receive_message_length", self.settings.max_request_bytes)],
+        )
         service = SchedulerService(
-            self.settings, self.broker, self.demux, self.registry, self.metrics
+            self.settings, self.broker, self.demux, self.registry, self.metrics, self.offload
         )
         scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server(  # type: ignore[no-untyped-call]
             service, server
@@ -132,6 +147,11 @@ class SchedulerServer:
         async with asyncio.TaskGroup() as loops:
             loops.create_task(self._dispatch_replies())
             loops.create_task(self._expire_workers())
+            loops.create_task(
+                self.offload.sweep_forever(
+                    ttl=self.settings.payload_ttl, interval=self.settings.payload_sweep_interval
+                )
+            )
 
     async def _dispatch_replies(self) -> None:
         chunks = self.metrics.chunks
@@ -159,16 +179,22 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
-    async with SchedulerServer(settings) as server:
-        grpc_host, _ = parse_bind(settings.grpc_bind)
-        http_host, _ = parse_bind(settings.http_bind)
-        print(
-            f"llm-mesh scheduler ready: grpc={grpc_host}:{server.port} "
-            f"http={http_host}:{server.http_port}",
-            flush=True,
-        )
-        await stopping.wait()
-        logger.info("stopping (grace period %g s)", settings.grace_period)
+    keystore = Keystore.from_settings(settings.mesh) if settings.require_api_keys else None
+    interceptors = [AuthInterceptor(keystore)] if keystore is not None else []
+    try:
+        async with SchedulerServer(settings, interceptors=interceptors) as server:
+            grpc_host, _ = parse_bind(settings.grpc_bind)
+            http_host, _ = parse_bind(settings.http_bind)
+            print(
+                f"llm-mesh scheduler ready: grpc={grpc_host}:{server.port} "
+                f"http={http_host}:{server.http_port}",
+                flush=True,
+            )
+            await stopping.wait()
+            logger.info("stopping (grace period %g s)", settings.grace_period)
+    finally:
+        if keystore is not None:
+            keystore.close()
 
 
 def main(settings: Settings) -> int:

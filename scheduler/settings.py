@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from plumbing.object_store import DEFAULT_PAYLOAD_BUCKET
 from plumbing.settings import MeshSettings
 
 __all__ = ["Settings"]
@@ -16,6 +19,9 @@ class Settings(BaseSettings):
     Timeouts are in seconds and follow DESIGN.md: `queue` until a worker accepts the task
     (also the task's message expiration), `first_token` from acceptance to the first token,
     `idle` between chunks after it, `total` the cap of a request's whole budget.
+
+    Requests whose serialized form exceeds `payload_threshold_bytes` travel by reference
+    through object storage (`mesh.s3_*`); without storage configured they are refused.
     """
 
     model_config = SettingsConfigDict(env_prefix="LLM_MESH_SCHEDULER_", extra="ignore")
@@ -52,3 +58,40 @@ class Settings(BaseSettings):
     registry_sweep_interval: float = Field(
         default=0.25, gt=0, description="How often expired workers are looked for."
     )
+    require_api_keys: bool = Field(
+        default=True,
+        description="Check `authorization: Bearer` API keys on the gRPC API (scheduler/auth.py); "
+        "turn off only on a private network where the gateway is the sole caller.",
+    )
+    max_request_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest `Generate` request accepted over gRPC (its max receive size).",
+    )
+    payload_threshold_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="A request whose serialized form is larger is stored in object storage "
+        "and its task carries a reference: the broker carries small messages only.",
+    )
+    payload_bucket: str = Field(
+        default=DEFAULT_PAYLOAD_BUCKET, description="The bucket of stored request bodies."
+    )
+    payload_ttl: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Stored request bodies older than this are leftovers of crashed replicas "
+        "(every request ends within `total_timeout`) and are swept; must exceed it.",
+    )
+    payload_sweep_interval: float = Field(
+        default=600.0, gt=0, description="How often the payload bucket is swept of leftovers."
+    )
+
+    @model_validator(mode="after")
+    def _payloads_outlive_requests(self) -> Self:
+        if self.payload_ttl <= self.total_timeout:
+            raise ValueError(
+                f"payload_ttl ({self.payload_ttl:g} s) must exceed total_timeout "
+                f"({self.total_timeout:g} s), or live requests lose their bodies"
+            )
+        return self

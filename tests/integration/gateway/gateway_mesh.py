@@ -109,6 +109,8 @@ class Mesh:
     scheduler_target: str
     worker_metrics_url: str
     base_env: dict[str, str]
+    #: The gateway's service credential: the scheduler requires an API key on every call.
+    service_key: str
     processes: list[Process] = field(default_factory=list)
 
 
@@ -118,8 +120,8 @@ def worker_engine() -> str:
     return "synthetic"
 
 
-async def _wait_for_model(target: str, model: str) -> None:
-    async with SchedulerClient(target) as client:
+async def _wait_for_model(target: str, model: str, api_key: str) -> None:
+    async with SchedulerClient(target, api_key=api_key) as client:
         async with asyncio.timeout(START_TIMEOUT):
             while True:
                 models = await client.list_models()
@@ -157,6 +159,11 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory, worker_engine: str) -> 
         "LLM_MESH_WORKER_SYNTHETIC_MAX_CONTEXT": "512",
         "LLM_MESH_WORKER_GRACE_PERIOD": "2",
     }
+    keystore = Keystore.open(
+        f"sqlite:///{Path(base_env['LLM_MESH_DATA_DIR']) / 'llm-mesh.sqlite3'}"
+    )
+    service_key, _ = keystore.create_key("gateway", service=True)
+    keystore.close()
     processes: list[Process] = []
     try:
         scheduler = await start_process(
@@ -185,12 +192,13 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory, worker_engine: str) -> 
         processes.append(worker)
         metrics = re.search(r"http=(\S+)", worker.ready_line)
         assert metrics is not None
-        await _wait_for_model(target.group(1), MODEL)
+        await _wait_for_model(target.group(1), MODEL, service_key)
         yield Mesh(
             prefix=prefix,
             scheduler_target=target.group(1),
             worker_metrics_url=metrics.group(1).rstrip("/") + "/metrics",
             base_env=base_env,
+            service_key=service_key,
             processes=processes,
         )
     finally:
@@ -229,11 +237,7 @@ async def start_gateway(
         "LLM_MESH_GATEWAY_PING_INTERVAL": "1",
         "LLM_MESH_GATEWAY_SSE_SEND_TIMEOUT": "5",
         "LLM_MESH_DATABASE_URL": database_url,
-        **(
-            {"LLM_MESH_GATEWAY_SERVICE_CREDENTIAL": service_credential}
-            if service_credential
-            else {}
-        ),
+        "LLM_MESH_GATEWAY_SERVICE_CREDENTIAL": service_credential or mesh.service_key,
         **(extra_env or {}),
     }
     process = await start_process(
