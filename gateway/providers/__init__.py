@@ -53,4 +53,3 @@ def load_adapter(name: str) -> AdapterFactory:
     module_name, _, class_name = target.partition(":")
     adapter: AdapterFactory = getattr(importlib.import_module(module_name), class_name)
     return adapter
-

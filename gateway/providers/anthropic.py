@@ -47,7 +47,12 @@ from gateway.providers.errors import (
     error_for_status,
 )
 from gateway.providers.extensions import merge_extensions
-from gateway.providers.parameters import budget, decimal, refuse_unsupported
+from gateway.providers.parameters import (
+    budget,
+    decimal,
+    refuse_unsupported,
+    tool_call_arguments,
+)
 from gateway.providers.sse import ServerSentEvent
 from gateway.providers.stream_builder import MalformedStream, StreamBuilder
 from gateway.providers.structs import struct_to_json
@@ -133,27 +138,14 @@ def _blocks(message: chat_pb2.Message) -> list[dict[str, Any]]:
                 reasoning.append({"type": "redacted_thinking", "data": part.reasoning.signature})
     for call in message.tool_calls:
         blocks.append(
-            {"type": "tool_use", "id": call.id, "name": call.name, "input": _arguments(call)}
+            {
+                "type": "tool_use",
+                "id": call.id,
+                "name": call.name,
+                "input": tool_call_arguments(call, PROVIDER),
+            }
         )
     return reasoning + blocks
-
-
-def _arguments(call: chat_pb2.ToolCall) -> dict[str, Any]:
-    try:
-        value = json.loads(call.arguments) if call.arguments.strip() else {}
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"the arguments of tool call {call.id!r} are not JSON: {exc}",
-            provider=PROVIDER,
-            field="messages.tool_calls.arguments",
-        ) from exc
-    if not isinstance(value, dict):
-        raise InvalidRequest(
-            f"the arguments of tool call {call.id!r} are not a JSON object",
-            provider=PROVIDER,
-            field="messages.tool_calls.arguments",
-        )
-    return value
 
 
 def _text(message: chat_pb2.Message) -> str:

@@ -55,7 +55,12 @@ from gateway.providers.errors import (
 )
 from gateway.providers.extensions import merge_extensions
 from gateway.providers.gemini_schema import gemini_schema
-from gateway.providers.parameters import budget, decimal, refuse_unsupported
+from gateway.providers.parameters import (
+    budget,
+    decimal,
+    refuse_unsupported,
+    tool_call_arguments,
+)
 from gateway.providers.sse import ServerSentEvent
 from gateway.providers.stream_builder import MalformedStream, StreamBuilder
 from gateway.providers.structs import struct_to_json
@@ -150,7 +155,10 @@ def _parts(message: chat_pb2.Message) -> list[dict[str, Any]]:
             result["thoughtSignature"] = signature
         parts.append(result)
     for call in message.tool_calls:
-        function_call: dict[str, Any] = {"name": call.name, "args": _arguments(call)}
+        function_call: dict[str, Any] = {
+            "name": call.name,
+            "args": tool_call_arguments(call, PROVIDER),
+        }
         if call.id:
             function_call["id"] = call.id
         result = {"functionCall": function_call}
@@ -159,24 +167,6 @@ def _parts(message: chat_pb2.Message) -> list[dict[str, Any]]:
             result["thoughtSignature"] = signature
         parts.append(result)
     return parts
-
-
-def _arguments(call: chat_pb2.ToolCall) -> dict[str, Any]:
-    try:
-        value = json.loads(call.arguments) if call.arguments.strip() else {}
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"the arguments of tool call {call.id!r} are not JSON: {exc}",
-            provider=PROVIDER,
-            field="messages.tool_calls.arguments",
-        ) from exc
-    if not isinstance(value, dict):
-        raise InvalidRequest(
-            f"the arguments of tool call {call.id!r} are not a JSON object",
-            provider=PROVIDER,
-            field="messages.tool_calls.arguments",
-        )
-    return value
 
 
 def _function_response(message: chat_pb2.Message, names: dict[str, str]) -> dict[str, Any]:

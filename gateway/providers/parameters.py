@@ -8,13 +8,15 @@ does. Each adapter lists which is which in its docstring.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from typing import Any
 
 from llmmesh.v1 import chat_pb2
 
 from gateway.providers.errors import InvalidRequest
 
-__all__ = ["budget", "decimal", "refuse_unsupported"]
+__all__ = ["budget", "decimal", "refuse_unsupported", "tool_call_arguments"]
 
 
 def decimal(value: float) -> float:
@@ -65,3 +67,25 @@ def refuse_unsupported(
                 provider=provider,
                 field=f"generation_parameters.{name}",
             )
+
+
+def tool_call_arguments(call: chat_pb2.ToolCall, provider: str) -> dict[str, Any]:
+    """An earlier assistant tool call's arguments as the JSON object providers require.
+
+    Raises `InvalidRequest` (field `messages.tool_calls.arguments`) when they are not one.
+    """
+    try:
+        value = json.loads(call.arguments) if call.arguments.strip() else {}
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"the arguments of tool call {call.id!r} are not JSON: {exc}",
+            provider=provider,
+            field="messages.tool_calls.arguments",
+        ) from exc
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            f"the arguments of tool call {call.id!r} are not a JSON object",
+            provider=provider,
+            field="messages.tool_calls.arguments",
+        )
+    return value
