@@ -1,8 +1,10 @@
 """The gateway's Starlette app: the factory, its routes and the request path they share.
 
 Every generation route runs the same steps, whatever its API shape (`gateway.edge_api`):
-authenticate the key, read the body (bounded), parse and validate it, look the model up in
-the routing file, admit it against the key's permissions and quotas (opening its ledger row),
+authenticate the key (verified keys are cached briefly: `gateway.auth.KeyCache`), read the
+body (bounded), parse and validate it, look the model up in the routing file, admit it
+against the key's permissions and quotas (a key with quotas opens its ledger row now; every
+request's usage is committed when it ends, in batches: `gateway.ledger`),
 start it on its backend (falling back along the route's `fallback` chain while the backend is
 unavailable), and only when `GenerationStart` arrives answer: an SSE stream or, gathered, one
 JSON document. Every earlier failure is an HTTP status with the API's own error body.
@@ -27,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.anthropic_api import AnthropicApi
-from gateway.auth import api_key_from_headers, authenticate
+from gateway.auth import KeyCache
 from gateway.backends import Backends, Scheduler
 from gateway.edge_api import EdgeApi
 from gateway.errors import (
@@ -41,6 +43,7 @@ from gateway.errors import (
     error_from_stream_error,
     error_headers,
 )
+from gateway.ledger import LedgerWriter
 from gateway.metrics import GatewayMetrics
 from gateway.native_api import NativeApi
 from gateway.openai_api import OpenAIApi
@@ -63,19 +66,28 @@ _LIST_MODELS_TIMEOUT = 5.0
 
 
 @dataclass
+class _Running:
+    """What exists while the app runs (between its lifespan's start and end)."""
+
+    keystore: Keystore
+    keys: KeyCache
+    ledger: LedgerWriter
+    backends: Backends
+
+
+@dataclass
 class _Gateway:
-    """What the routes share; `keystore` and `backends` exist while the app runs."""
+    """What the routes share."""
 
     settings: GatewaySettings
     routing: RoutingTable
     metrics: GatewayMetrics
-    keystore: Keystore | None = None
-    backends: Backends | None = None
+    state: _Running | None = None
 
-    def running(self) -> tuple[Keystore, Backends]:
-        if self.keystore is None or self.backends is None:
+    def running(self) -> _Running:
+        if self.state is None:
             raise RuntimeError("the gateway is not running (lifespan not started)")
-        return self.keystore, self.backends
+        return self.state
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -164,9 +176,9 @@ class _GenerationRoute:
     async def _handle(self, request: Request) -> Response:
         gateway = self._gateway
         settings = gateway.settings
-        keystore, backends = gateway.running()
+        running = gateway.running()
         arrived = time.monotonic()
-        key = await authenticate(keystore, request.headers)
+        api_key, key = await running.keys.authenticate(request.headers)
         body = await _read_body(request, settings.max_body_bytes)
         edge = self._api.parse(body)
         canonical = edge.request
@@ -175,10 +187,10 @@ class _GenerationRoute:
         if model not in gateway.routing:
             available = [name for name in gateway.routing if key.allows(name)]
             return self._error(ModelNotFound.for_model(model, available), model)
-        entry = await admit(keystore, api_key_from_headers(request.headers), model)
+        entry = await admit(running.keystore, running.ledger, api_key, key, model)
         meter = UsageMeter()
         try:
-            started = await self._start(backends, canonical)
+            started = await self._start(running.backends, canonical)
         except MeshError as error:
             await entry.close(meter, "error")
             return self._error(error, model)
@@ -279,21 +291,27 @@ def create_app(
             total_timeout=settings.total_timeout,
             provider_transport=provider_transport,
         )
-        gateway.keystore = store
-        gateway.backends = backends
+        ledger = LedgerWriter(store)
+        gateway.state = _Running(
+            keystore=store,
+            keys=KeyCache(store, ttl=settings.key_cache_ttl),
+            ledger=ledger,
+            backends=backends,
+        )
         try:
             yield
         finally:
             await backends.aclose()
-            gateway.backends = None
-            gateway.keystore = None
+            await ledger.aclose()
+            gateway.state = None
             if keystore is None:
                 store.close()
 
     async def list_models(request: Request) -> Response:
-        keystore_, backends = gateway.running()
+        running = gateway.running()
+        backends = running.backends
         try:
-            key = await authenticate(keystore_, request.headers)
+            _api_key, key = await running.keys.authenticate(request.headers)
         except MeshError as error:
             return JSONResponse(
                 OpenAIApi().error_body(error),
@@ -330,7 +348,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        _keystore, backends = gateway.running()
+        backends = gateway.running().backends
         try:
             ready = await _ready_models(backends)
         except Exception as exc:

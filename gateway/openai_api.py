@@ -222,6 +222,34 @@ class OpenAIEncoder:
         self._id = ""
         self._model = request.model
         self._created = int(time.time())
+        self._text_prefix: str | None = None
+        self._text_suffix = ""
+
+    def _text_chunk(self, index: int, text: str) -> ServerSentEvent:
+        """`_chunk` of one plain text delta, without building the document each time: the
+        per-token fast path (the JSON is the same, key for key)."""
+        if self._text_prefix is None:
+            # Everything before the choice's content; fixed once the generation started.
+            envelope = json.dumps(
+                {
+                    "id": self._id,
+                    "object": "chat.completion.chunk",
+                    "created": self._created,
+                    "model": self._model,
+                    "system_fingerprint": None,
+                },
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            self._text_prefix = envelope[:-1] + ',"choices":[{"index":'
+            self._text_suffix = (
+                '},"logprobs":null,"finish_reason":null}]'
+                + (',"usage":null}' if self._include_usage else "}")
+            )
+        content = json.dumps(text, ensure_ascii=False)
+        return ServerSentEvent(
+            data=f'{self._text_prefix}{index},"delta":{{"content":{content}{self._text_suffix}'
+        )
 
     def _chunk(self, choices: list[dict[str, Any]]) -> ServerSentEvent:
         chunk: dict[str, Any] = {
@@ -248,12 +276,16 @@ class OpenAIEncoder:
             self._model = start.model or self._model
             if start.HasField("created"):
                 self._created = start.created.seconds
+            self._text_prefix = None
             return []
         if which == "sequence_start":
             index = event.sequence_start.index
             return [self._chunk([self._choice(index, {"role": "assistant", "content": ""})])]
         if which == "sequence_delta":
-            return [self._chunk([self._delta_choice(event.sequence_delta)])]
+            delta = event.sequence_delta
+            if delta.WhichOneof("delta") == "text" and not delta.logprobs:
+                return [self._text_chunk(delta.index, delta.text)]
+            return [self._chunk([self._delta_choice(delta)])]
         if which == "sequence_finish":
             finish = event.sequence_finish
             reason = _FINISH_REASONS.get(finish.reason, "stop")

@@ -30,6 +30,12 @@ class GatewaySettings(BaseSettings):
         description="The gateway's API key for the scheduler (a service key): its calls are "
         "metered by the gateway only.",
     )
+    key_cache_ttl: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds a verified API key is trusted without asking the database again "
+        "(a revoked key works this long at most); 0 = ask every time.",
+    )
     total_timeout: float = Field(
         default=600.0, gt=0, description="Cap of a request's total budget, seconds (gRPC deadline)."
     )

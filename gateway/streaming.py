@@ -12,14 +12,15 @@ worker's generation) and records the usage, exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import anyio
 import grpc
 from llmmesh.v1 import events_pb2
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
@@ -173,12 +174,56 @@ class GenerationStream:
         self._metrics.tokens.labels(self._model, "completion").inc(self.meter.completion_tokens)
 
 
-async def _encoded(
-    stream: GenerationStream, encoder: StreamEncoder
-) -> AsyncIterator[ServerSentEvent]:
-    async for event in stream.events():
-        for item in encoder.encode(event):
-            yield item
+#: Events read ahead of the SSE writer (the bound of `_encoded`'s queue).
+_READ_AHEAD = 256
+#: Marks the end of the events in `_encoded`'s queue.
+_END: Final = object()
+
+
+async def _encoded(stream: GenerationStream, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    """The stream's SSE bytes: everything the backend has ready goes out in one write.
+
+    A reader task moves the events into a bounded queue; each item yielded here is the SSE
+    encoding of every event queued by then. The scheduler delivers a worker's coalesced
+    chunk as one burst of events, so a chunk costs one send (sse-starlette's timeout scope,
+    the ASGI chain, one socket write) instead of one per event. Closing this iterator
+    cancels the reader, and so the backend call.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(_READ_AHEAD)
+
+    async def read() -> None:
+        try:
+            async for event in stream.events():
+                await queue.put(event)
+        except Exception as exc:  # Handed to the writer, which raises it.
+            await queue.put(exc)
+        else:
+            await queue.put(_END)
+
+    reader = asyncio.get_running_loop().create_task(read())
+    try:
+        while True:
+            item = await queue.get()
+            encoded: list[bytes] = []
+            while True:
+                if item is _END:
+                    if encoded:
+                        yield b"".join(encoded)
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                assert isinstance(item, events_pb2.StreamEvent)
+                encoded += [sse.encode() for sse in encoder.encode(item)]
+                if queue.empty():
+                    break
+                item = queue.get_nowait()
+            if encoded:
+                yield b"".join(encoded)
+    finally:
+        reader.cancel()
+        # Shielded: the backend call must be closed before the generation's own close.
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait([reader])
 
 
 class GenerationResponse(EventSourceResponse):

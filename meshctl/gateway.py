@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.routing import RoutingError
     from gateway.settings import GatewaySettings
+    from plumbing import event_loop
 
     overrides: dict[str, object] = {}
     if args.host is not None:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
     )
     server = uvicorn.Server(config)
-    asyncio.run(_serve(server, "https" if settings.tls_certfile else "http"))
+    event_loop.run(_serve(server, "https" if settings.tls_certfile else "http"))
     return 0 if server.started else 1
 
 

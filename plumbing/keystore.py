@@ -8,7 +8,9 @@ The ledger has one row per admitted request: `admit` inserts it (status `running
 transaction that checks the key's quotas, `finish` completes it exactly once with the tokens
 and status (`ok`, `error`, `cancelled`). Each is committed before it returns, so a crash loses
 no finished request's record. Quotas are counted from the ledger, so every gateway replica and
-scheduler sharing the database sees the same numbers.
+scheduler sharing the database sees the same numbers. A key without quotas needs no row while
+its request runs: `record_outcomes` writes such requests' rows whole when they end, and
+completes running rows, many in one transaction (one commit: the gateway's group commit).
 
 The database is SQLite in `data_dir` by default (WAL, synchronous=FULL) or PostgreSQL when
 `LLM_MESH_DATABASE_URL` is a `postgresql://` DSN (driver psycopg 3). The API is synchronous;
@@ -41,6 +43,7 @@ __all__ = [
     "KeystoreError",
     "ModelNotAllowed",
     "QuotaExhausted",
+    "UsageOutcome",
     "UsageRecord",
     "UsageStatus",
     "UsageTotal",
@@ -139,6 +142,11 @@ class KeyRecord:
         """Whether the key may use `model` (no allow-list = every model)."""
         return self.allowed_models is None or model in self.allowed_models
 
+    @property
+    def has_quotas(self) -> bool:
+        """Whether admitting the key's requests needs the ledger (a quota counts from it)."""
+        return self.requests_per_minute is not None or self.tokens_per_day is not None
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -146,6 +154,28 @@ class Admission:
 
     key: KeyRecord
     entry_id: int
+
+
+@dataclass(frozen=True)
+class UsageOutcome:
+    """How one request ended, for `record_outcomes`.
+
+    With `entry_id` it completes that running row (admitted by `admit`); without, it is the
+    whole row of a request whose key has no quotas (so it was admitted without one).
+    """
+
+    key_id: str
+    model: str
+    source: UsageSource
+    started_at: datetime
+    status: Literal["ok", "error", "cancelled"]
+    prompt_tokens: int
+    completion_tokens: int
+    entry_id: int | None = None
+    request_id: str | None = None
+    queued_ms: float | None = None
+    time_to_first_token_ms: float | None = None
+    total_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -398,6 +428,47 @@ class Keystore:
                 .values(**values)
             )
             return result.rowcount == 1
+
+    def record_outcomes(self, outcomes: Iterable[UsageOutcome]) -> None:
+        """Writes the ends of many requests in one transaction (one commit).
+
+        Running rows are completed unless already finished (no change then, as `finish`);
+        outcomes without a row are inserted whole.
+        """
+        finished_at = _now()
+        with self._engine.begin() as connection:
+            inserts = []
+            for outcome in outcomes:
+                values: dict[str, Any] = {
+                    "status": outcome.status,
+                    "prompt_tokens": outcome.prompt_tokens,
+                    "completion_tokens": outcome.completion_tokens,
+                    "finished_at": finished_at,
+                    "queued_ms": outcome.queued_ms,
+                    "time_to_first_token_ms": outcome.time_to_first_token_ms,
+                    "total_ms": outcome.total_ms,
+                }
+                if outcome.request_id is not None:
+                    values["request_id"] = outcome.request_id
+                if outcome.entry_id is not None:
+                    connection.execute(
+                        _usage.update()
+                        .where(_usage.c.id == outcome.entry_id, _usage.c.status == "running")
+                        .values(**values)
+                    )
+                    continue
+                inserts.append(
+                    {
+                        "request_id": None,
+                        **values,
+                        "key_id": outcome.key_id,
+                        "model": outcome.model,
+                        "source": outcome.source,
+                        "started_at": outcome.started_at,
+                    }
+                )
+            if inserts:
+                connection.execute(_usage.insert(), inserts)
 
     def usage_records(
         self,

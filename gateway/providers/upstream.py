@@ -15,6 +15,7 @@ Retry-After). Once the first event is out, a failure ends the stream in-band.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -43,6 +44,10 @@ _T = TypeVar("_T")
 
 #: Error bodies are read up to this size; the rest is not worth keeping.
 _MAX_ERROR_BODY = 64 * 1024
+#: How long the rest of a finished stream's body may take to arrive (see `_drain`).
+_DRAIN_TIMEOUT = 0.5
+#: Connection pools per upstream (see `Upstream.__init__`).
+_POOL_SHARDS = 8
 
 
 class StreamTranslator(Protocol):
@@ -108,25 +113,36 @@ class Upstream:
         self.provider = provider
         self.config = config
         self._parse_error = parse_error
-        self._client = httpx.AsyncClient(
-            base_url=base_url,
-            headers=dict(headers),
-            timeout=httpx.Timeout(
-                connect=config.connect_timeout,
-                read=config.read_timeout,
-                write=config.read_timeout,
-                pool=config.connect_timeout,
-            ),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_connections,
-            ),
-            transport=transport,
-        )
+        # Several pools instead of one: httpcore 1.0's pool scans all of its connections, and
+        # for each idle one all of them again, whenever a request starts or ends
+        # (encode/httpcore#1035), which at 64 streams cost a third of the gateway's CPU.
+        # Requests go round-robin, so each pool holds about 1/_POOL_SHARDS of them.
+        shards = 1 if transport is not None else _POOL_SHARDS
+        per_shard = max(1, -(-config.max_connections // shards))
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=base_url,
+                headers=dict(headers),
+                timeout=httpx.Timeout(
+                    connect=config.connect_timeout,
+                    read=config.read_timeout,
+                    write=config.read_timeout,
+                    pool=config.connect_timeout,
+                ),
+                limits=httpx.Limits(
+                    max_connections=per_shard, max_keepalive_connections=per_shard
+                ),
+                transport=transport,
+            )
+            for _ in range(shards)
+        ]
+        self._client = self._clients[0]  # Builds requests: every pool has the same settings.
+        self._turns = itertools.cycle(self._clients)
 
     async def aclose(self) -> None:
-        """Closes the connection pool."""
-        await self._client.aclose()
+        """Closes the connection pools."""
+        for client in self._clients:
+            await client.aclose()
 
     # -- streaming ----------------------------------------------------------------------------
 
@@ -150,12 +166,16 @@ class Upstream:
                 lambda: self._open_stream(stack, path, body, params, translator, deadline),
                 deadline,
             )
-            for event in first:
-                yield event
             builder = current.builder
-            while not builder.done:
-                for event in await self._next_events(current, events, deadline):
+            try:
+                for event in first:
                     yield event
+                while not builder.done:
+                    for event in await self._next_events(current, events, deadline):
+                        yield event
+            finally:
+                if builder.done:
+                    await _drain(events)
 
     async def _open_stream(
         self,
@@ -320,7 +340,7 @@ class Upstream:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
-        return await self._client.send(request, stream=True)
+        return await next(self._turns).send(request, stream=True)
 
     async def _error_from(self, response: httpx.Response) -> ProviderError:
         content = b""
@@ -348,6 +368,19 @@ class Upstream:
             f"{self.provider} could not be reached ({type(exc).__name__})",
             provider=self.provider,
         )
+
+
+async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
+    """Reads what is left of a finished stream's body (normally only the end of its chunked
+    encoding), so that httpx returns the connection to the pool instead of closing it: a
+    consumer stops at the last event, before the body's end was read. Bounded: a provider
+    that keeps the body open after its last event loses its connection instead."""
+    try:
+        async with asyncio.timeout(_DRAIN_TIMEOUT):
+            async for _ in events:
+                pass
+    except (TimeoutError, httpx.HTTPError, ValueError):
+        pass  # The connection is closed instead of reused; nothing else is lost.
 
 
 async def _next_or_none(events: AsyncIterator[ServerSentEvent]) -> ServerSentEvent | None:

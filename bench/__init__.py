@@ -1,0 +1,1 @@
+"""The overhead benchmark: fake upstream, load generator, the stack under test, the driver."""
