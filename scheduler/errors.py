@@ -9,12 +9,19 @@
     └── UpstreamError               the pool failed; the same request may succeed later
         ├── WorkerUnavailable       UNAVAILABLE, with google.rpc.RetryInfo: no live worker
         │                           for the model, or the broker is unreachable
+        ├── StorageUnavailable      UNAVAILABLE, with RetryInfo: object storage could not store
+        │                           (here) or fetch (worker) a large request's body
+        ├── PayloadCorrupt          DATA_LOSS, NOT retryable: the stored body failed its
+        │                           size/SHA-256 check on the worker
         ├── TimeLimitExceeded       one of DESIGN.md's named limits ran out: DEADLINE_EXCEEDED
         │                           before the stream started, an in-band error after
         └── WorkerFailed            the worker died, lost ownership or lost chunks
 
 Before `GenerationStart` an error becomes the call's gRPC status (`to_status`); after it, an
-in-band `StreamError` (`to_stream_error`). Every status also carries a google.rpc.ErrorInfo
+in-band `StreamError` (`to_stream_error`). A worker's rejection (chunk 0) maps by its code
+(`from_rejection`): INVALID_REQUEST and CONTEXT_LENGTH_EXCEEDED → `InvalidRequest`,
+UNAVAILABLE → `StorageUnavailable`, INTERNAL → `PayloadCorrupt` (the only reasons a worker
+refuses a task before its engine sees it). Every status also carries a google.rpc.ErrorInfo
 whose reason is the `ErrorCode` name, so the edge can tell e.g. a context-length rejection
 from another invalid request.
 """
@@ -35,7 +42,9 @@ __all__ = [
     "InvalidRequest",
     "MeshError",
     "ModelNotFound",
+    "PayloadCorrupt",
     "SlowReader",
+    "StorageUnavailable",
     "TimeLimitExceeded",
     "Unauthenticated",
     "UpstreamError",
@@ -130,6 +139,27 @@ class WorkerUnavailable(UpstreamError):
         super().__init__(message, error_code=events_pb2.ERROR_CODE_UNAVAILABLE)
 
 
+class StorageUnavailable(UpstreamError):
+    """Object storage could not store or serve a request body too large for the broker."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=events_pb2.ERROR_CODE_UNAVAILABLE)
+
+
+class PayloadCorrupt(UpstreamError):
+    """A request body fetched from object storage did not match its size or SHA-256.
+
+    Not retryable (issue 6): corruption is not the transient failure a client should
+    hammer; it needs an operator's look at the storage.
+    """
+
+    status_code = grpc.StatusCode.DATA_LOSS
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=events_pb2.ERROR_CODE_INTERNAL)
+
+
 class TimeLimitExceeded(UpstreamError):
     """A named limit ran out; `error_code` names it (QUEUE_TIMEOUT, IDLE_TIMEOUT, ...)."""
 
@@ -149,9 +179,13 @@ class WorkerFailed(UpstreamError):
         super().__init__(message, error_code=error_code)
 
 
-def from_rejection(rejection: broker_pb2.TaskRejection) -> InvalidRequest:
+def from_rejection(rejection: broker_pb2.TaskRejection) -> MeshError:
     """The error a worker's refusal of a task (its chunk 0) stands for."""
     code = rejection.code or events_pb2.ERROR_CODE_INVALID_REQUEST
+    if code == events_pb2.ERROR_CODE_UNAVAILABLE:
+        return StorageUnavailable(rejection.message)
+    if code == events_pb2.ERROR_CODE_INTERNAL:
+        return PayloadCorrupt(rejection.message)
     return InvalidRequest(rejection.message, field=rejection.field, error_code=code)
 
 
@@ -202,5 +236,6 @@ _RPC_CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
     grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: code_pb2.DEADLINE_EXCEEDED,
+    grpc.StatusCode.DATA_LOSS: code_pb2.DATA_LOSS,
     grpc.StatusCode.INTERNAL: code_pb2.INTERNAL,
 }

@@ -48,3 +48,13 @@ class SchedulerMetrics:
             "Workers whose heartbeats are current.",
             registry=self.registry,
         )
+        self.payloads_stored = Counter(
+            "llm_mesh_scheduler_payloads_stored",
+            "Request bodies too large for the broker, stored in object storage by reference.",
+            registry=self.registry,
+        )
+        self.payloads_swept = Counter(
+            "llm_mesh_scheduler_payloads_swept",
+            "Leftover stored request bodies deleted by the periodic sweep.",
+            registry=self.registry,
+        )

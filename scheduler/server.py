@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from llmmesh.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 
+from plumbing import event_loop
 from plumbing.keystore import Keystore
 from plumbing.object_store import PayloadStore
 from plumbing.probes import ProbeServer, parse_bind
@@ -199,5 +200,5 @@ async def serve(settings: Settings) -> None:
 
 def main(settings: Settings) -> int:
     """The `llm-mesh scheduler` command."""
-    asyncio.run(serve(settings))
+    event_loop.run(serve(settings))
     return 0

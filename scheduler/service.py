@@ -1,13 +1,15 @@
 """The `SchedulerService` servicer: `Generate` relays a task's chunks, `ListModels` reads the
 registry.
 
-One `Generate` call, as DESIGN.md tells it: generate the request id, register the request's
-stream in the demux, publish the `Task` (the confirm is awaited concurrently with chunk 0),
-then wait for chunk 0 within the `queue` limit. A rejection or anything else that fails before
-`GenerationStart` becomes the call's gRPC status. After it, every chunk is forwarded as one
-`GenerateResponse`; a stalled, lost or refused stream ends in-band with a `StreamError` and a
-`GenerationFinish`, and the worker is told to `Cancel`. A caller that goes away cancels the
-servicer: the worker is told to `Cancel`, and the demux entry goes in `finally`.
+One `Generate` call, as DESIGN.md tells it: generate the request id, store a body too large
+for the broker in object storage (`PayloadOffload`; deleted when the call ends), register the
+request's stream in the demux, publish the `Task` (the confirm is awaited concurrently with
+chunk 0), then wait for chunk 0 within the `queue` limit. A rejection or anything else that
+fails before `GenerationStart` becomes the call's gRPC status. After it, every chunk is
+forwarded as one `GenerateResponse`; a stalled, lost or refused stream ends in-band with a
+`StreamError` and a `GenerationFinish`, and the worker is told to `Cancel`. A caller that goes
+away cancels the servicer: the worker is told to `Cancel`, and the demux entry goes in
+`finally`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from scheduler.errors import (
     to_stream_error,
 )
 from scheduler.metrics import SchedulerMetrics
+from scheduler.offload import PayloadOffload
 from scheduler.registry import WorkerRegistry
 from scheduler.settings import Settings
 
@@ -68,12 +71,14 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         demux: Demux,
         registry: WorkerRegistry,
         metrics: SchedulerMetrics,
+        offload: PayloadOffload,
     ) -> None:
         self._settings = settings
         self._broker = broker
         self._demux = demux
         self._registry = registry
         self._metrics = metrics
+        self._offload = offload
 
     async def ListModels(
         self,
@@ -122,24 +127,30 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         await self._check_pool(chat.model)
         task = broker_pb2.Task(
             request_id=generation.request_id,
-            request=chat,
             priority=chat.priority or chat_pb2.PRIORITY_INTERACTIVE,
         )
         task.received.FromNanoseconds(int(generation.received_wall * 1e9))
         task.queue_deadline.FromNanoseconds(int((generation.received_wall + queue_limit) * 1e9))
         task.total_deadline.FromNanoseconds(int((generation.received_wall + budget) * 1e9))
-        with self._demux.open(generation.request_id) as stream:
-            publishing = asyncio.create_task(
-                self._publish(task, stream, message_priority(chat.priority), queue_limit)
-            )
-            try:
-                await self._relay(generation, stream, context, queue_limit)
-            except asyncio.CancelledError:
-                self._metrics.tasks_ended.labels("cancelled").inc()
-                await self._broker.publish_cancel(generation.request_id, "the caller cancelled")
-                raise
-            finally:
-                publishing.cancel()  # A no-op once confirmed, which it is by now.
+        stored = await self._offload.attach(task, chat, deadline=generation.received + queue_limit)
+        try:
+            with self._demux.open(generation.request_id) as stream:
+                publishing = asyncio.create_task(
+                    self._publish(
+                        task, stream, chat.model, message_priority(chat.priority), queue_limit
+                    )
+                )
+                try:
+                    await self._relay(generation, stream, context, queue_limit)
+                except asyncio.CancelledError:
+                    self._metrics.tasks_ended.labels("cancelled").inc()
+                    await self._broker.publish_cancel(generation.request_id, "the caller cancelled")
+                    raise
+                finally:
+                    publishing.cancel()  # A no-op once confirmed, which it is by now.
+        finally:
+            if stored is not None:
+                await self._offload.release(stored)
 
     async def _relay(
         self,
@@ -248,12 +259,17 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         return finished
 
     async def _publish(
-        self, task: broker_pb2.Task, stream: RequestStream, priority: int, expiration: float
+        self,
+        task: broker_pb2.Task,
+        stream: RequestStream,
+        model: str,
+        priority: int,
+        expiration: float,
     ) -> None:
         """Publishes the task; a failure ends the stream before it started."""
         try:
             await self._broker.publish_task(
-                task, model=task.request.model, priority=priority, expiration=expiration
+                task, model=model, priority=priority, expiration=expiration
             )
         except MeshError as error:
             stream.fail(error)

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     registry_sweep_interval: float = Field(
         default=0.25, gt=0, description="How often expired workers are looked for."
     )
+    queue_poll_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often each model's task queue is polled on the broker for its depth "
+        "and consumers (the `llm_mesh_queue_*` gauges).",
+    )
     require_api_keys: bool = Field(
         default=True,
         description="Check `authorization: Bearer` API keys on the gRPC API (scheduler/auth.py); "

@@ -9,7 +9,8 @@ and a prefetch equal to the engine's capacity. Each delivery is acked or rejecte
 - cancelled while queued (its id is in the cancelled set) → dropped;
 - redelivered (a worker died holding it) → republished with `x-attempt` + 1, since classic
   queues keep no delivery count (DESIGN.md, poison tasks);
-- otherwise `engine.prepare` → chunk 0 (`GenerationStart`, or a rejection), the engine's
+- otherwise the request (inline, or fetched from object storage: `PayloadFetcher`) →
+  `engine.prepare` → chunk 0 (`GenerationStart`, or a rejection), the engine's
   events through a coalescing `ReplyStream`, and the end: `GenerationFinish` with the usage,
   preceded by the reason when the request was aborted (cancel, shutdown, engine failure). A
   requester whose reply queue is gone gets nothing more: the engine request is aborted and the
@@ -38,10 +39,13 @@ from aio_pika.abc import (
 from google.protobuf.message import DecodeError
 from llmmesh.v1 import broker_pb2, chat_pb2, events_pb2
 
+from plumbing.object_store import PayloadStore
+from plumbing.s3_client import connect_s3
 from plumbing.topology import Topology
 from worker.cancellations import CancelledRequests
 from worker.engine_protocol import Engine, EngineOutput, PreparedRequest, RequestRejected
 from worker.metrics import WorkerMetrics
+from worker.payloads import PayloadFetcher
 from worker.replies import AmqpChunkSink, ReplyStream, ReplyUndeliverable
 from worker.settings import Settings
 
@@ -125,6 +129,9 @@ class TaskConsumer:
         self._metrics = metrics
         self._cancelled = cancelled
         self._topology = Topology(settings.mesh.broker_prefix)
+        self._payloads = PayloadFetcher(
+            PayloadStore(connect_s3(settings.mesh)) if settings.mesh.s3_endpoint else None
+        )
         self._running: dict[str, _RunningTask] = {}
         self._handlers: set[asyncio.Task[object]] = set()
         self._queue: AbstractQueue | None = None
@@ -263,6 +270,7 @@ class TaskConsumer:
             request_id=request_id,
             worker_id=self._worker_id,
             flush_interval=self._settings.reply_flush_interval,
+            max_chunk_bytes=self._settings.payload_threshold_bytes,
             on_undeliverable=lambda: running.abort(AbortReason.REQUESTER_GONE),
         )
         try:
@@ -277,13 +285,8 @@ class TaskConsumer:
     ) -> None:
         request_id = task.request_id
         try:
-            if task.WhichOneof("body") != "request":
-                raise RequestRejected(
-                    events_pb2.ERROR_CODE_INVALID_REQUEST,
-                    "payload references are not supported by this worker yet",
-                    "request",
-                )
-            prepared = await self._engine.prepare(request_id, task.request)
+            request = await self._payloads.request(task)
+            prepared = await self._engine.prepare(request_id, request)
         except RequestRejected as rejected:
             self._metrics.tasks_rejected.inc()
             with contextlib.suppress(ReplyUndeliverable):

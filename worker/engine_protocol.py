@@ -16,9 +16,11 @@ __all__ = ["Engine", "EngineOutput", "ModelCard", "PreparedRequest", "RequestRej
 
 
 class RequestRejected(Exception):
-    """The request is invalid for this model; it becomes the task's rejection (chunk 0).
+    """The task cannot run (invalid for this model, or its stored request is out of reach);
+    it becomes the task's rejection (chunk 0).
 
-    `code` is an `events_pb2.ErrorCode` (INVALID_REQUEST or CONTEXT_LENGTH_EXCEEDED);
+    `code` is an `events_pb2.ErrorCode` (engines: INVALID_REQUEST or CONTEXT_LENGTH_EXCEEDED;
+    fetching a stored request also uses UNAVAILABLE and INTERNAL, see `worker.payloads`);
     `field` names the request field at fault (e.g. "messages", "tools").
     """
 

@@ -6,6 +6,12 @@ request has at most one chunk in flight, and while it is in flight (or within
 — chunk 0's `GenerationStart`, the first token, the end — skip the interval. Nothing is ever
 dropped. Sequence numbers count from 0 per request.
 
+Large outputs: a batch of coalesced events whose chunk would exceed `max_chunk_bytes` (the
+worker's `payload_threshold_bytes`) goes out as several consecutive chunks, split between
+events. This is simpler than storing big outputs in S3 and keeps the stream's sequence
+numbers and order. Engines emit one small delta per step, so a single event never comes
+close to the limit; one that did would travel alone in an oversized chunk.
+
 Chunks are transient and `mandatory`, published to the default exchange with routing key =
 `reply_to` on a channel with publisher confirms and `on_return_raises`: when the requester's
 reply queue is gone, the publish fails, and the stream reports it (`on_undeliverable`) so the
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Final, Protocol
 
@@ -84,9 +90,15 @@ class ReplyStream:
         request_id: str,
         worker_id: str,
         flush_interval: float,
+        max_chunk_bytes: int | None = None,
         on_undeliverable: Callable[[], None] = lambda: None,
     ) -> None:
         self._sink = sink
+        self._events_budget = (
+            None
+            if max_chunk_bytes is None
+            else max_chunk_bytes - _envelope_size(request_id, worker_id)
+        )
         self._request_id = request_id
         self._worker_id = worker_id
         self._flush_interval = flush_interval
@@ -169,21 +181,57 @@ class ReplyStream:
             if self._pending:
                 events, self._pending = self._pending, []
                 self._hurry.clear()
-                chunk = broker_pb2.TaskChunk(
-                    request_id=self._request_id,
-                    worker_id=self._worker_id,
-                    sequence_number=self.chunks_sent,
-                    events=events,
-                )
-                try:
-                    await self._sink.publish(chunk)
-                except ReplyUndeliverable as failure:
-                    self._failure = failure
-                    self._on_undeliverable()
-                    return
-                self.chunks_sent += 1
+                for batch in _batches(events, self._events_budget):
+                    chunk = broker_pb2.TaskChunk(
+                        request_id=self._request_id,
+                        worker_id=self._worker_id,
+                        sequence_number=self.chunks_sent,
+                        events=batch,
+                    )
+                    try:
+                        await self._sink.publish(chunk)
+                    except ReplyUndeliverable as failure:
+                        self._failure = failure
+                        self._on_undeliverable()
+                        return
+                    self.chunks_sent += 1
                 self._last_flush = loop.time()
             if self._closing and not self._pending:
                 return
             if self._pending:
                 self._wake.set()
+
+
+def _batches(
+    events: list[events_pb2.StreamEvent], budget: int | None
+) -> Iterator[list[events_pb2.StreamEvent]]:
+    """`events` in order, cut into lists whose encoding fits `budget` bytes (None: one list).
+
+    An event too large on its own gets a list of its own.
+    """
+    if budget is None:
+        yield events
+        return
+    batch: list[events_pb2.StreamEvent] = []
+    size = 0
+    for event in events:
+        encoded = _field_size(event.ByteSize())
+        if batch and size + encoded > budget:
+            yield batch
+            batch, size = [], 0
+        batch.append(event)
+        size += encoded
+    if batch:
+        yield batch
+
+
+def _envelope_size(request_id: str, worker_id: str) -> int:
+    """The bytes of a chunk without its events (with the largest sequence number)."""
+    return broker_pb2.TaskChunk(
+        request_id=request_id, worker_id=worker_id, sequence_number=2**31 - 1
+    ).ByteSize()
+
+
+def _field_size(length: int) -> int:
+    """The encoded size of one length-delimited field (`events` is field 4: a 1-byte tag)."""
+    return 1 + max(1, (length.bit_length() + 6) // 7) + length

@@ -24,7 +24,9 @@ from typing import cast
 import aio_pika
 from llmmesh.v1 import broker_pb2
 
+from plumbing import event_loop
 from plumbing.probes import ProbeServer, parse_bind
+from plumbing.storage_errors import StorageError
 from plumbing.topology import Topology
 from worker.cancellations import CancelledRequests
 from worker.consumer import TaskConsumer
@@ -32,6 +34,7 @@ from worker.engine_protocol import Engine, ModelCard
 from worker.heartbeat import ControlLink
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
+from worker.stored_model import pull_stored_model
 from worker.synthetic import SyntheticEngine
 
 __all__ = ["WorkerService", "build_engine", "main", "serve"]
@@ -44,7 +47,12 @@ async def build_engine(settings: Settings) -> Engine:
 
     The vLLM engine serves `settings.model_dir`, or else the packaged default model, which
     is converted into the model cache on its first start (blocking work, run in a thread).
+    With `model_source=s3`, the model's files are first pulled from S3 into the node's cache
+    (`worker.stored_model`), and both engines serve that directory.
     """
+    model_dir = settings.model_dir
+    if settings.model_source == "s3":  # Issue 6: the only storage step of the build.
+        model_dir = await pull_stored_model(settings)
     if settings.engine == "synthetic":
         return SyntheticEngine(
             ModelCard(
@@ -56,8 +64,8 @@ async def build_engine(settings: Settings) -> Engine:
             token_interval=settings.synthetic_token_interval,
             first_token_delay=settings.synthetic_first_token_delay,
             prepare_delay=settings.synthetic_prepare_delay,
+            model_dir=model_dir,
         )
-    model_dir = settings.model_dir
     if model_dir is None:
         from worker.model_source import DEFAULT_MODEL_NAME, prepare_packaged_model
 
@@ -186,8 +194,12 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings) -> int:
-    """The `llm-mesh worker` command."""
-    asyncio.run(serve(settings))
+    """The `llm-mesh worker` command; exits 1 when the model cannot be pulled from S3."""
+    try:
+        event_loop.run(serve(settings))
+    except StorageError as exc:
+        logger.error("model %s not available: %s", settings.model, exc)
+        return 1
     return 0
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plumbing.settings import MeshSettings
 
-__all__ = ["EngineKind", "Settings"]
+__all__ = ["EngineKind", "ModelSource", "Settings"]
 
 EngineKind = Literal["vllm", "synthetic"]
+#: Where the model's files come from: `local` = `model_dir`, or else the packaged default
+#: model; `s3` = the models bucket, pulled into the node's cache before consuming.
+ModelSource = Literal["local", "s3"]
 
 
 class Settings(BaseSettings):
@@ -26,6 +29,17 @@ class Settings(BaseSettings):
         default=None,
         description="vLLM: the model's Hugging Face directory; unset = the packaged default "
         "model (smollm2-135m), converted into the model cache on first start.",
+    )
+    model_source: ModelSource = Field(
+        default="local",
+        description="`local`: `model_dir`, or else the packaged default model (no S3 needed); "
+        "`s3`: pull the model's `model_revision` from the models bucket (LLM_MESH_S3_*) into "
+        "`<data_dir>/models/_s3/` before consuming, reusing a complete cached copy.",
+    )
+    model_revision: str = Field(
+        default="latest",
+        description="With `model_source=s3`: the revision to serve; `latest` = the newest "
+        "stored one (or, when storage is down, the newest complete cached one).",
     )
     engine: EngineKind = Field(
         default="vllm",
@@ -80,3 +94,15 @@ class Settings(BaseSettings):
     synthetic_prepare_delay: float = Field(
         default=0.0, ge=0, description="Synthetic: seconds `prepare` takes (template rendering)."
     )
+    payload_threshold_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="The largest reply chunk, serialized: events coalesced beyond it go out "
+        "in several chunks (the broker carries small messages only).",
+    )
+
+    @model_validator(mode="after")
+    def _one_model_source(self) -> Self:
+        if self.model_source == "s3" and self.model_dir is not None:
+            raise ValueError("model_dir and model_source=s3 exclude each other")
+        return self

@@ -12,15 +12,22 @@ Timing: `prepare` takes `prepare_delay`; the first token of every sequence comes
 A sequence ends with STOP after `tokens` tokens (its "end-of-sequence"), with LENGTH at
 `max_tokens` or the context, with STOP at a stop string (held back text never leaks), and
 runs to the limit with `ignore_eos`.
+
+Given a model directory (e.g. pulled from S3), `start` reads its `config.json`, which must
+exist, and takes the context length from its `max_position_embeddings`: the synthetic engine
+runs no weights, but a worker serving a stored model proves the files arrived and uses them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import json
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from llmmesh.v1 import chat_pb2, events_pb2
@@ -70,8 +77,10 @@ class SyntheticEngine:
         token_interval: float = 0.02,
         first_token_delay: float = 0.0,
         prepare_delay: float = 0.0,
+        model_dir: Path | None = None,
     ) -> None:
         self._card = card
+        self._model_dir = model_dir
         self._tokens = tokens
         self._token_interval = token_interval
         self._first_token_delay = first_token_delay
@@ -95,7 +104,16 @@ class SyntheticEngine:
         return self._aborted_total
 
     async def start(self) -> None:
-        """Nothing to load."""
+        """Reads the model directory's `config.json`, if there is a model directory.
+
+        Raises FileNotFoundError without one, ValueError when it is not a JSON object.
+        """
+        if self._model_dir is None:
+            return
+        config = await asyncio.to_thread(_read_config, self._model_dir / "config.json")
+        context = config.get("max_position_embeddings")
+        if isinstance(context, int) and context > 0:
+            self._card = dataclasses.replace(self._card, max_context=context)
 
     async def healthy(self) -> bool:
         """Always healthy."""
@@ -283,3 +301,10 @@ def _prompt_text(request: chat_pb2.ChatRequest) -> str:
         parts.extend(f"{call.name} {call.arguments}" for call in message.tool_calls)
     parts.extend(f"{tool.name} {tool.description}" for tool in request.tools)
     return "\n".join(parts)
+
+
+def _read_config(path: Path) -> dict[str, object]:
+    config = json.loads(path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return config

@@ -13,7 +13,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +21,7 @@ from typing import IO, Any
 import aio_pika
 import grpc
 import httpx
+import psutil
 from google.rpc import status_pb2
 from llmmesh.v1 import chat_pb2, events_pb2
 from prometheus_client.parser import text_string_to_metric_families
@@ -143,12 +144,25 @@ class WorkerProcess:
             except TimeoutError:
                 os.killpg(self.process.pid, signal.SIGKILL)
         await self.process.wait()
+        # An engine's children (vLLM's engine core) exit a moment after the leader; zombies
+        # waiting for init to reap them are gone already.
         try:
-            os.killpg(self.process.pid, 0)
-        except ProcessLookupError:
-            return
-        os.killpg(self.process.pid, signal.SIGKILL)
-        raise AssertionError(f"worker {self.worker_id} left processes behind")
+            await wait_until(lambda: not _live_members(self.process.pid))
+        except TimeoutError:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            raise AssertionError(f"worker {self.worker_id} left processes behind") from None
+
+
+def _live_members(group: int) -> list[int]:
+    """The pids of the non-zombie processes in a process group."""
+    members = []
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == group and process.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return members
 
 
 @dataclass
@@ -166,8 +180,13 @@ class Mesh:
     def topology(self) -> Topology:
         return Topology(self.prefix)
 
-    async def start_scheduler(self, **settings: Any) -> SchedulerServer:
-        """An in-process replica on free ports; the registry trusts heartbeats at once."""
+    async def start_scheduler(
+        self, *, mesh: MeshSettings | None = None, **settings: Any
+    ) -> SchedulerServer:
+        """An in-process replica on free ports; the registry trusts heartbeats at once.
+
+        `mesh` supplies shared settings (e.g. S3); its broker URL and prefix are replaced.
+        """
         options: dict[str, Any] = {
             "grpc_bind": "127.0.0.1:0",
             "http_bind": "127.0.0.1:0",
@@ -176,11 +195,10 @@ class Mesh:
             "grace_period": 1,
         }
         options.update(settings)
-        scheduler = SchedulerServer(
-            SchedulerSettings(
-                mesh=MeshSettings(amqp_url=AMQP_URL, broker_prefix=self.prefix), **options
-            )
+        shared = (mesh or MeshSettings()).model_copy(
+            update={"amqp_url": AMQP_URL, "broker_prefix": self.prefix}
         )
+        scheduler = SchedulerServer(SchedulerSettings(mesh=shared, **options))
         await scheduler.start()
         self.schedulers.append(scheduler)
         return scheduler
@@ -197,14 +215,20 @@ class Mesh:
         scheduler: SchedulerServer | None,
         priority: int = 1,
         capacity: int = 4,
+        env: Mapping[str, str] | None = None,
+        engine: str = "synthetic",
+        start_timeout: float = START_TIMEOUT,
         **synthetic: float | int | bool,
     ) -> WorkerProcess:
-        """Starts a synthetic worker; returns once it is ready (and `scheduler` knows it).
+        """Starts a worker (synthetic by default); returns once it is ready (and `scheduler`
+        knows it), within `start_timeout` seconds.
 
-        `synthetic` sets `LLM_MESH_WORKER_SYNTHETIC_<NAME>` (e.g. `token_interval=0.01`).
+        `synthetic` sets `LLM_MESH_WORKER_SYNTHETIC_<NAME>` (e.g. `token_interval=0.01`);
+        `env` adds (or overrides) environment variables.
         """
         env = {
             **os.environ,
+            **(env or {}),
             "LLM_MESH_AMQP_URL": AMQP_URL,
             "LLM_MESH_BROKER_PREFIX": self.prefix,
             "LLM_MESH_WORKER_HTTP_BIND": "127.0.0.1:0",
@@ -219,7 +243,7 @@ class Mesh:
         process = await asyncio.create_subprocess_exec(
             str(LLM_MESH),
             "worker",
-            "--engine=synthetic",
+            f"--engine={engine}",
             f"--model={model}",
             f"--priority={priority}",
             f"--capacity={capacity}",
@@ -230,14 +254,19 @@ class Mesh:
         )
         assert process.stdout is not None
         try:
-            async with asyncio.timeout(START_TIMEOUT):
-                line = (await process.stdout.readline()).decode()
-        except TimeoutError:
-            os.killpg(process.pid, signal.SIGKILL)
+            async with asyncio.timeout(start_timeout):
+                # Other lines may come first (vLLM logs to stdout unless told otherwise).
+                while not (line := (await process.stdout.readline()).decode()).startswith(
+                    "llm-mesh worker ready:"
+                ):
+                    if not line:
+                        await process.wait()
+                        raise AssertionError(f"worker did not start; see {log}")
+        except BaseException:
+            if process.returncode is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
             raise
-        if not line.startswith("llm-mesh worker ready:"):
-            await process.wait()
-            raise AssertionError(f"worker did not start: {line!r}; see {log}")
         fields = dict(item.split("=", 1) for item in line.split(":", 1)[1].split())
         worker = WorkerProcess(
             process,
@@ -249,7 +278,7 @@ class Mesh:
         self.workers.append(worker)
         assert await worker.readyz() == 200
         if scheduler is not None:
-            async with asyncio.timeout(START_TIMEOUT):
+            async with asyncio.timeout(start_timeout):
                 await scheduler.registry.wait_for(
                     lambda registry: any(
                         beat.worker_id == worker.worker_id and beat.ready

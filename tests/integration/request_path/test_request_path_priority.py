@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 from llmmesh.v1 import chat_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
@@ -49,7 +50,7 @@ async def test_the_high_priority_worker_takes_every_task_it_has_room_for(mesh: M
     """Counts come from each worker's `tasks_started` metric."""
     scheduler = await mesh.start_scheduler()
     model = "tiers"
-    slow = {"token_interval": 0.02, "tokens": 10}
+    slow: dict[str, Any] = {"token_interval": 0.02, "tokens": 10}
     high = await mesh.start_worker(model, scheduler=scheduler, priority=10, capacity=2, **slow)
     low = await mesh.start_worker(model, scheduler=scheduler, priority=1, capacity=2, **slow)
     client = mesh.client(scheduler)

@@ -1,8 +1,14 @@
-"""A real SeaweedFS S3 server for the session (free loopback ports, generated credentials)."""
+"""A real SeaweedFS S3 server for the session (free loopback ports, generated credentials),
+and, for the request-path tests with storage, a broker prefix and a `Mesh` per test module.
+
+The `Mesh` (in-process schedulers, synthetic worker subprocesses) is the request-path tests'
+harness; test directories are not packages, so its directory is put on `sys.path` here.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +19,9 @@ from minio import Minio
 
 from plumbing.s3_client import connect_s3
 from plumbing.s3_server import S3Server
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "request_path"))
+from request_path_harness import BrokerInspector, Mesh
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -49,3 +58,24 @@ def model_dir(tmp_path: Path) -> Path:
     (directory / "model.safetensors").write_bytes(os.urandom(18 * 1024 * 1024))
     (directory / "generation_config.json").write_text("{}")
     return directory
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def broker() -> AsyncIterator[BrokerInspector]:
+    """A random broker prefix; everything under it is deleted (and checked gone) at the end."""
+    inspector = BrokerInspector(f"test-{uuid.uuid4().hex[:8]}.")
+    yield inspector
+    await inspector.delete_everything()
+    assert await inspector.names() == (set(), set())
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def mesh(
+    broker: BrokerInspector, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Mesh]:
+    """The module's schedulers and workers, all stopped at the end."""
+    mesh = Mesh(broker.prefix, tmp_path_factory.mktemp("storage-mesh"))
+    try:
+        yield mesh
+    finally:
+        await mesh.aclose()

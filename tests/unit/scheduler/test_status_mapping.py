@@ -63,3 +63,20 @@ def test_the_status_round_trips_through_grpc_status() -> None:
     status = to_status(WorkerUnavailable("x"))
     rich = _details(status)
     assert rpc_status.to_status(rich).code == status.code
+
+
+def test_storage_rejections_map_to_unavailable_or_non_retryable_data_loss() -> None:
+    unavailable = to_status(
+        from_rejection(
+            broker_pb2.TaskRejection(code=events_pb2.ERROR_CODE_UNAVAILABLE, message="down")
+        )
+    )
+    assert unavailable.code == grpc.StatusCode.UNAVAILABLE
+    assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in _details(unavailable).details)
+    corrupt = from_rejection(
+        broker_pb2.TaskRejection(code=events_pb2.ERROR_CODE_INTERNAL, message="bad sha256")
+    )
+    status = to_status(corrupt)
+    assert status.code == grpc.StatusCode.DATA_LOSS
+    assert not any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in _details(status).details)
+    assert not to_stream_error(corrupt).retryable

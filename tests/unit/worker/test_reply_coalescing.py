@@ -96,3 +96,32 @@ async def test_a_rejection_is_chunk_zero() -> None:
         await reply.reject(broker_pb2.TaskRejection(message="no", field="tools"))
     assert sink.chunks[0].sequence_number == 0
     assert sink.chunks[0].rejection.field == "tools"
+
+
+async def test_a_batch_over_the_chunk_limit_goes_out_in_several_chunks_in_order() -> None:
+    sink = _GatedSink()
+    for _ in range(100):
+        sink.gate.release()
+    limit = 1024
+    texts = [f"token {number:04d} " * 5 for number in range(200)]  # ~60 bytes each
+    async with ReplyStream(
+        sink, request_id="r" * 32, worker_id="w" * 40, flush_interval=0, max_chunk_bytes=limit
+    ) as reply:
+        reply.send([_delta(text) for text in texts])
+        await reply.finish([_delta("end")])
+    assert len(sink.chunks) > 10
+    assert max(chunk.ByteSize() for chunk in sink.chunks) <= limit
+    assert [chunk.sequence_number for chunk in sink.chunks] == list(range(len(sink.chunks)))
+    assert [text for chunk in sink.chunks for text in _texts(chunk)] == [*texts, "end"]
+
+
+async def test_an_event_over_the_chunk_limit_travels_alone() -> None:
+    sink = _GatedSink()
+    for _ in range(3):
+        sink.gate.release()
+    async with ReplyStream(
+        sink, request_id="r", worker_id="w", flush_interval=0, max_chunk_bytes=1024
+    ) as reply:
+        reply.send([_delta("a"), _delta("x" * 5000), _delta("b")])
+        await reply.finish([])
+    assert [_texts(chunk) for chunk in sink.chunks] == [["a"], ["x" * 5000], ["b"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from llmmesh.v1 import chat_pb2, events_pb2
@@ -130,3 +131,19 @@ async def test_a_cancelled_consumer_aborts_the_request() -> None:
     task.cancel()
     await asyncio.wait([task])
     assert engine.running == 0 and engine.aborted_total == 1
+
+
+async def test_a_model_directory_sets_the_context_from_its_config(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 4}')
+    card = ModelCard(name="synth", max_context=64, supports_tools=False)
+    engine = SyntheticEngine(card, tokens=8, token_interval=0, model_dir=tmp_path)
+    await engine.start()
+    assert engine.card.max_context == 4
+    with pytest.raises(RequestRejected):
+        await engine.prepare("r", _request("one two three four five"))
+
+
+async def test_a_model_directory_without_a_config_fails_the_start(tmp_path: Path) -> None:
+    card = ModelCard(name="synth", max_context=64, supports_tools=False)
+    with pytest.raises(FileNotFoundError):
+        await SyntheticEngine(card, model_dir=tmp_path).start()
