@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.access_log import AccessLog, access_record
 from gateway.anthropic_api import AnthropicApi
 from gateway.auth import KeyCache
 from gateway.backends import Backends, Scheduler
@@ -39,6 +40,7 @@ from gateway.errors import (
     ModelNotFound,
     ProviderTimeout,
     ProviderUnavailable,
+    QuotaExceeded,
     RequestTooLarge,
     error_from_stream_error,
     error_headers,
@@ -133,7 +135,10 @@ class _GenerationRoute:
             if renamed != error.field:
                 error.message = error.message.replace(error.field, renamed, 1)
             error.field = renamed
-        self._gateway.metrics.requests.labels(self._api.name, label, str(error.status)).inc()
+        metrics = self._gateway.metrics
+        metrics.requests.labels(self._api.name, label, str(error.status)).inc()
+        if isinstance(error, QuotaExceeded):
+            metrics.quota_rejections.labels(label).inc()
         return JSONResponse(
             self._api.error_body(error), status_code=error.status, headers=error_headers(error)
         )
@@ -165,7 +170,7 @@ class _GenerationRoute:
                 attempt.priority = route.priority
             events = backends.open(name, route, attempt, timeout)
             try:
-                return await start_generation(events), events
+                return await start_generation(events, self._gateway.metrics), events
             except MeshError as failure:
                 error = failure
                 if not _is_unavailable(failure):
@@ -178,7 +183,12 @@ class _GenerationRoute:
         settings = gateway.settings
         running = gateway.running()
         arrived = time.monotonic()
+        record = access_record(request.scope)
+        if record is not None:
+            record.api = self._api.name
         api_key, key = await running.keys.authenticate(request.headers)
+        if record is not None:
+            record.request.key_id = key.key_id
         body = await _read_body(request, settings.max_body_bytes)
         edge = self._api.parse(body)
         canonical = edge.request
@@ -187,8 +197,12 @@ class _GenerationRoute:
         if model not in gateway.routing:
             available = [name for name in gateway.routing if key.allows(name)]
             return self._error(ModelNotFound.for_model(model, available), model)
+        if record is not None:
+            record.request.model = model
         entry = await admit(running.keystore, running.ledger, api_key, key, model)
         meter = UsageMeter()
+        if record is not None:
+            record.meter = meter
         try:
             started = await self._start(running.backends, canonical)
         except MeshError as error:
@@ -198,7 +212,11 @@ class _GenerationRoute:
             await entry.close(meter, "error")
             raise
         first, events = started
-        gateway.metrics.time_to_start.labels(self._api.name).observe(time.monotonic() - arrived)
+        time_to_start = time.monotonic() - arrived
+        gateway.metrics.time_to_start.labels(self._api.name).observe(time_to_start)
+        if record is not None:
+            record.time_to_start = time_to_start
+            record.request.request_id = first.generation_start.request_id
         stream = GenerationStream(
             first,
             events,
@@ -372,7 +390,7 @@ def create_app(
     async def metrics(_request: Request) -> Response:
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    routes = [
+    routes: list[Route] = [
         Route("/v1/generate", _GenerationRoute(gateway, NativeApi()).handle, methods=["POST"]),
         Route(
             "/v1/chat/completions", _GenerationRoute(gateway, OpenAIApi()).handle, methods=["POST"]
@@ -384,4 +402,8 @@ def create_app(
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(
+        AccessLog, metrics=gateway.metrics, routes=frozenset(route.path for route in routes)
+    )
+    return app

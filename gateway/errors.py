@@ -10,7 +10,7 @@
     │   └── QuotaExceeded          429, Retry-After
     └── UpstreamError              the mesh or a provider failed (5xx, or 429 from a provider)
         ├── ProviderUnavailable    503, Retry-After (no worker, scheduler/broker down, provider)
-        ├── ProviderRateLimited    429, Retry-After (an external provider throttles us)
+        ├── ProviderRateLimited    429, Retry-After (a provider throttles us, or load shedding)
         ├── ProviderTimeout        504 (no worker accepted in time, total budget)
         ├── WorkerFailed           502 (the backend failed mid-generation)
         └── InternalError          500
@@ -151,7 +151,8 @@ class ProviderUnavailable(UpstreamError):
 
 
 class ProviderRateLimited(UpstreamError):
-    """An external provider is rate limiting the mesh."""
+    """An external provider is rate limiting the mesh, or the mesh sheds load (too many
+    requests wait for the model's workers)."""
 
     status = 429
     code = "rate_limited"
@@ -197,6 +198,7 @@ def error_from_grpc(exc: grpc.aio.AioRpcError) -> MeshError:
     message = exc.details() or exc.code().name
     field: str | None = None
     retry_after: float | None = None
+    quota = False
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]  # AioRpcError quacks as Call
     if status is not None:
         for detail in status.details:
@@ -205,6 +207,8 @@ def error_from_grpc(exc: grpc.aio.AioRpcError) -> MeshError:
                 detail.Unpack(bad_request)
                 if bad_request.field_violations:
                     field = bad_request.field_violations[0].field or None
+            elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                quota = True
             elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                 retry_info = error_details_pb2.RetryInfo()
                 detail.Unpack(retry_info)
@@ -219,7 +223,9 @@ def error_from_grpc(exc: grpc.aio.AioRpcError) -> MeshError:
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return PermissionDenied(message)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return QuotaExceeded(message, retry_after=retry_after)
+        if quota:
+            return QuotaExceeded(message, retry_after=retry_after)
+        return ProviderRateLimited(message, retry_after=retry_after)  # the mesh sheds load
     if code == grpc.StatusCode.UNAVAILABLE:
         return ProviderUnavailable(message, retry_after=retry_after)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

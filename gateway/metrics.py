@@ -37,6 +37,33 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.http_requests = Counter(
+            "llm_mesh_gateway_http_requests",
+            "HTTP requests by route, method, status and model (routed names only; 'none' "
+            "for requests that name none).",
+            ["route", "method", "status", "model"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "llm_mesh_gateway_http_request_duration_seconds",
+            "From a request's arrival to the end of its response (a stream's last event).",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.quota_rejections = Counter(
+            "llm_mesh_gateway_quota_rejections",
+            "Requests refused with 429 because a quota of their key was used up.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.provider_errors = Counter(
+            "llm_mesh_gateway_provider_errors",
+            "Failures of external providers by provider and kind (the adapter's error class).",
+            ["provider", "kind"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The exposition text."""
         return generate_latest(self.registry)

@@ -60,11 +60,12 @@ async def _close_quietly(events: AsyncIterator[events_pb2.StreamEvent]) -> None:
 
 
 async def start_generation(
-    events: AsyncIterator[events_pb2.StreamEvent],
+    events: AsyncIterator[events_pb2.StreamEvent], metrics: GatewayMetrics | None = None
 ) -> events_pb2.StreamEvent:
     """Waits for the first event of a backend stream; it is always a `GenerationStart`.
 
-    Raises the mesh error of any earlier failure (the stream is closed then).
+    Raises the mesh error of any earlier failure (the stream is closed then); a provider's
+    failure is counted in `metrics`.
     """
     error: MeshError
     try:
@@ -74,6 +75,8 @@ async def start_generation(
     except grpc.aio.AioRpcError as exc:
         error = error_from_grpc(exc)
     except ProviderError as exc:
+        if metrics is not None:
+            metrics.provider_errors.labels(exc.provider, type(exc).__name__).inc()
         error = error_from_provider(exc)
     except BaseException:
         await _close_quietly(events)
@@ -133,6 +136,7 @@ class GenerationStream:
         except grpc.aio.AioRpcError as exc:
             failure = error_from_grpc(exc)
         except ProviderError as exc:
+            self._metrics.provider_errors.labels(exc.provider, type(exc).__name__).inc()
             failure = error_from_provider(exc)
         for event in self._failure_events(failure):
             self.meter.observe(event)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import jsonschema  # type: ignore[import-untyped]
+from google.protobuf import json_format
 from llmmesh.v1 import chat_pb2
 
 from gateway.errors import InvalidRequest
@@ -73,6 +75,7 @@ def validate_request(request: chat_pb2.ChatRequest, *, max_n: int) -> None:
         )
     for position, stop in enumerate(parameters.stop):
         _require(bool(stop), f"{prefix}stop.{position}", "must not be empty")
+    _check_structured_output(parameters.structured_output, prefix + "structured_output")
     names = [tool.name for tool in request.tools]
     for position, name in enumerate(names):
         _require(bool(name), f"tools.{position}.name", "is required")
@@ -88,4 +91,31 @@ def validate_request(request: chat_pb2.ChatRequest, *, max_n: int) -> None:
             request.timeout.seconds >= 0 and request.timeout.nanos >= 0,
             "timeout",
             "must not be negative",
+        )
+
+
+def _check_structured_output(constraint: chat_pb2.StructuredOutput, field: str) -> None:
+    """A JSON schema must be a valid schema (its draft's meta-schema, by `$schema`, else
+    2020-12); the engine's grammar compiler checks what this cannot (e.g. unsupported
+    keywords), and choices must not be empty."""
+    kind = constraint.WhichOneof("constraint")
+    if kind == "json_schema":
+        schema = json_format.MessageToDict(constraint.json_schema.schema)
+        validator = jsonschema.validators.validator_for(
+            schema, default=jsonschema.Draft202012Validator
+        )
+        try:
+            validator.check_schema(schema)
+        except jsonschema.SchemaError as error:
+            path = "".join(f"[{part!r}]" for part in error.path)
+            raise InvalidRequest(
+                f"{field}.json_schema.schema: not a valid JSON schema: {error.message}"
+                + (f" (at {path})" if path else ""),
+                field=f"{field}.json_schema.schema",
+            ) from error
+    elif kind == "choice":
+        _require(
+            len(constraint.choice.choices) > 0,
+            f"{field}.choice.choices",
+            "must hold at least one choice",
         )

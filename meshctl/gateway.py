@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.routing import RoutingError
     from gateway.settings import GatewaySettings
     from plumbing import event_loop
+    from plumbing.telemetry import configure_tracing
 
     overrides: dict[str, object] = {}
     if args.host is not None:
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     settings = GatewaySettings.model_validate(overrides)
+    # Before the app: its middleware and scheduler client decide at start whether to trace.
+    configure_tracing("llm-mesh-gateway")
     try:
         app = create_app(settings)
     except RoutingError as exc:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import os
 from typing import cast
+
+from plumbing.structured_logs import LogFormat, configure_logging
 
 #: The modules of the subcommands, in `--help` order. Each has `add_parser(commands)`, which
 #: adds its subparser with `handler=run` as a default, and `run(args) -> int`; it imports its
@@ -16,6 +18,7 @@ COMMANDS: tuple[str, ...] = (
     "meshctl.keys",
     "meshctl.models",
     "meshctl.scheduler_command",
+    "meshctl.top",
     "meshctl.up",
     "meshctl.usage",
     "meshctl.worker_command",
@@ -26,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `llm-mesh` subcommand."""
     parser = argparse.ArgumentParser(prog="llm-mesh", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or JSON objects (default: LLM_MESH_LOG_FORMAT, else text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         importlib.import_module(module).add_parser(commands)
@@ -35,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs one `llm-mesh` subcommand and returns its exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    log_format = args.log_format or os.environ.get("LLM_MESH_LOG_FORMAT", "text")
+    if log_format not in ("text", "json"):
+        raise SystemExit(f"llm-mesh: LLM_MESH_LOG_FORMAT must be text or json, not {log_format!r}")
+    configure_logging(
+        args.log_level, cast(LogFormat, log_format), service=f"llm-mesh {args.command}"
     )
     return cast(int, args.handler(args))
 

@@ -14,8 +14,11 @@ One robust connection with three channels:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Final
 
 import aio_pika
@@ -35,12 +38,14 @@ from aio_pika.exceptions import (
 )
 from google.protobuf.message import DecodeError
 from llmmesh.v1 import broker_pb2
+from opentelemetry import trace
 
 from plumbing.settings import MeshSettings
+from plumbing.telemetry import inject_headers, tracer, tracing_enabled
 from plumbing.topology import Topology
 from scheduler.errors import ModelNotFound, WorkerUnavailable
 
-__all__ = ["PROTOBUF_CONTENT_TYPE", "TaskBroker"]
+__all__ = ["PROTOBUF_CONTENT_TYPE", "QueueState", "TaskBroker"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,14 @@ PROTOBUF_CONTENT_TYPE: Final = "application/x-protobuf"
 #: Heartbeats older than this are useless; don't let a stalled replica's queue grow.
 _CONTROL_MESSAGE_TTL_MS: Final = 30_000
 _BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError)
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What the broker says of a model's task queue: ready messages and active consumers."""
+
+    messages: int
+    consumers: int
 
 
 class TaskBroker:
@@ -70,11 +83,20 @@ class TaskBroker:
         self._control: AbstractExchange | None = None
         self._reply_queue: AbstractQueue | None = None
         self._control_queue: AbstractQueue | None = None
+        self._lost_callbacks: list[Callable[[], None]] = []
+        self._lost = False
+        #: The models whose tasks this replica published (their queues exist).
+        self.models_published: set[str] = set()
 
     @property
     def connected(self) -> bool:
-        """Whether the connection is up now."""
-        return self._connection is not None and not self._connection.is_closed
+        """Whether the connection is up now (a robust connection that is reconnecting is not)."""
+        return self._connection is not None and self._connection.connected.is_set()
+
+    def on_connection_lost(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` whenever the connection drops (`connect_robust` then reconnects
+        and re-declares everything by itself; the chunks in flight are lost)."""
+        self._lost_callbacks.append(callback)
 
     async def connect(self) -> None:
         """Connects, declares the exchanges and this replica's own queues."""
@@ -83,6 +105,8 @@ class TaskBroker:
             client_properties={"connection_name": f"llm-mesh scheduler {self._replica_id}"},
         )
         self._connection = connection
+        connection.close_callbacks.add(self._connection_lost)
+        connection.reconnect_callbacks.add(self._reconnected)
         self._task_channel = await connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
@@ -104,39 +128,80 @@ class TaskBroker:
     async def close(self) -> None:
         """Closes the connection (the broker deletes this replica's queues)."""
         if self._connection is not None:
+            self._connection.close_callbacks.discard(self._connection_lost)
             await self._connection.close()
+
+    def _connection_lost(self, _connection: object, reason: BaseException | None) -> None:
+        # Called again on every failed reconnection attempt: report the first.
+        if self._lost:
+            return
+        self._lost = True
+        logger.warning("broker connection lost (%r); reconnecting", reason)
+        for callback in self._lost_callbacks:
+            callback()
+
+    def _reconnected(self, _connection: object) -> None:
+        self._lost = False
+        logger.info("broker connection restored")
 
     async def publish_task(
         self, task: broker_pb2.Task, *, model: str, priority: int, expiration: float
     ) -> None:
         """Publishes a task persistently and returns when the broker confirmed it.
 
+        With tracing on, a producer span covers the publish and its context travels in the
+        message's headers (W3C `traceparent`), where the worker picks it up.
+
         Raises `ModelNotFound` when no queue is bound for `model`, `WorkerUnavailable` when
         the broker refuses the task or cannot be reached.
         """
         assert self._tasks is not None, "connect() first"
-        message = aio_pika.Message(
-            task.SerializeToString(),
-            content_type=PROTOBUF_CONTENT_TYPE,
-            type=broker_pb2.Task.DESCRIPTOR.full_name,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            priority=priority,
-            expiration=expiration,
-            correlation_id=task.request_id,
-            reply_to=self.reply_queue_name,
+        if not self.connected:
+            raise WorkerUnavailable("the broker is unreachable")
+        with self._publish_span(model, task.request_id):
+            message = aio_pika.Message(
+                task.SerializeToString(),
+                headers=inject_headers({}),
+                content_type=PROTOBUF_CONTENT_TYPE,
+                type=broker_pb2.Task.DESCRIPTOR.full_name,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                priority=priority,
+                expiration=expiration,
+                correlation_id=task.request_id,
+                reply_to=self.reply_queue_name,
+            )
+            try:
+                await self._tasks.publish(message, routing_key=model, mandatory=True)
+            except PublishError as exc:
+                raise ModelNotFound(model) from exc
+            except DeliveryError as exc:
+                raise WorkerUnavailable("the broker refused the task") from exc
+            except _BROKER_ERRORS as exc:
+                raise WorkerUnavailable("the broker is unreachable") from exc
+        self.models_published.add(model)
+
+    def _publish_span(self, model: str, request_id: str) -> AbstractContextManager[object]:
+        """The producer span of a task (nothing while tracing is off)."""
+        if not tracing_enabled():
+            return contextlib.nullcontext()
+        assert self._tasks is not None
+        return tracer().start_as_current_span(
+            f"{self._tasks.name} publish",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": self._tasks.name,
+                "messaging.rabbitmq.destination.routing_key": model,
+                "messaging.message.id": request_id,
+            },
         )
-        try:
-            await self._tasks.publish(message, routing_key=model, mandatory=True)
-        except PublishError as exc:
-            raise ModelNotFound(model) from exc
-        except DeliveryError as exc:
-            raise WorkerUnavailable("the broker refused the task") from exc
-        except _BROKER_ERRORS as exc:
-            raise WorkerUnavailable("the broker is unreachable") from exc
 
     async def publish_cancel(self, request_id: str, reason: str) -> None:
         """Tells every worker to stop `request_id`. Never raises: a lost cancel is logged."""
         assert self._control is not None, "connect() first"
+        if not self.connected:
+            logger.warning("cancel of request %s (%s) not sent: no broker", request_id, reason)
+            return
         cancel = broker_pb2.ControlMessage(
             cancel=broker_pb2.Cancel(request_id=request_id, reason=reason)
         )
@@ -152,12 +217,48 @@ class TaskBroker:
         except _BROKER_ERRORS:
             logger.warning("cancel of request %s (%s) not sent", request_id, reason, exc_info=True)
 
+    async def queue_states(self, models: Iterable[str]) -> dict[str, QueueState | None]:
+        """Each model's task queue as the broker sees it now (passive declares); None for a
+        queue that does not exist.
+
+        Raises `WorkerUnavailable` when the broker cannot be reached.
+        """
+        assert self._connection is not None, "connect() first"
+        if not self.connected:
+            raise WorkerUnavailable("the broker is unreachable")
+        states: dict[str, QueueState | None] = {}
+        channel: AbstractChannel | None = None
+        try:
+            for model in models:
+                if channel is None or channel.is_closed:
+                    # A failed passive declare closes its channel: the next one needs another.
+                    channel = await self._connection.channel(publisher_confirms=False)
+                try:
+                    declared = await channel.declare_queue(
+                        self.topology.task_queue(model), passive=True
+                    )
+                except ChannelNotFoundEntity:
+                    states[model] = None
+                    continue
+                result = declared.declaration_result
+                states[model] = QueueState(
+                    messages=result.message_count or 0, consumers=result.consumer_count or 0
+                )
+        except (*_BROKER_ERRORS, RuntimeError) as exc:  # RuntimeError: see `queue_exists`
+            raise WorkerUnavailable("the broker is unreachable") from exc
+        finally:
+            if channel is not None and not channel.is_closed:
+                await channel.close()
+        return states
+
     async def queue_exists(self, model: str) -> bool:
         """Whether some worker declared `model`'s task queue (a passive declare).
 
         Raises `WorkerUnavailable` when the broker cannot be reached.
         """
         assert self._connection is not None, "connect() first"
+        if not self.connected:
+            raise WorkerUnavailable("the broker is unreachable")
         try:
             # A failed passive declare closes its channel: use a throw-away one.
             channel = await self._connection.channel(publisher_confirms=False)
@@ -165,10 +266,16 @@ class TaskBroker:
                 await channel.declare_queue(self.topology.task_queue(model), passive=True)
             except ChannelNotFoundEntity:
                 return False
+            except ValueError:
+                # pamqp refuses to send a name that is no valid queue name (characters, length):
+                # no worker can have declared it.
+                return False
             finally:
                 if not channel.is_closed:
                     await channel.close()
-        except _BROKER_ERRORS as exc:
+        except (*_BROKER_ERRORS, RuntimeError) as exc:
+            # aio-pika's RuntimeError("Connection was not opened"): the connection dropped
+            # after the check above.
             raise WorkerUnavailable("the broker is unreachable") from exc
         return True
 

@@ -162,6 +162,13 @@ class Demux:
             stream.fail(error)
         return len(owned)
 
+    def fail_all(self, error: MeshError) -> int:
+        """Fails every open stream (the broker connection dropped: chunks may be lost, and a
+        redelivered copy of a task must not continue a stream)."""
+        for stream in self._streams.values():
+            stream.fail(error)
+        return len(self._streams)
+
     def _remember(self, request_id: str) -> None:
         self._ended[request_id] = None
         self._ended.move_to_end(request_id)

@@ -9,6 +9,8 @@
     └── UpstreamError               the pool failed; the same request may succeed later
         ├── WorkerUnavailable       UNAVAILABLE, with google.rpc.RetryInfo: no live worker
         │                           for the model, or the broker is unreachable
+        ├── Overloaded              RESOURCE_EXHAUSTED, with RetryInfo: too many interactive
+        │                           requests of the model wait for a worker (load shedding)
         ├── StorageUnavailable      UNAVAILABLE, with RetryInfo: object storage could not store
         │                           (here) or fetch (worker) a large request's body
         ├── PayloadCorrupt          DATA_LOSS, NOT retryable: the stored body failed its
@@ -42,6 +44,7 @@ __all__ = [
     "InvalidRequest",
     "MeshError",
     "ModelNotFound",
+    "Overloaded",
     "PayloadCorrupt",
     "SlowReader",
     "StorageUnavailable",
@@ -137,6 +140,19 @@ class WorkerUnavailable(UpstreamError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_code=events_pb2.ERROR_CODE_UNAVAILABLE)
+
+
+class Overloaded(UpstreamError):
+    """Too many interactive requests of the model wait for a worker: shed, retry later.
+
+    Unlike a quota refusal (RESOURCE_EXHAUSTED with google.rpc.QuotaFailure), it carries no
+    QuotaFailure; its ErrorInfo reason is RATE_LIMITED.
+    """
+
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=events_pb2.ERROR_CODE_RATE_LIMITED)
 
 
 class StorageUnavailable(UpstreamError):

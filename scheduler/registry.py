@@ -40,6 +40,7 @@ class WorkerRegistry:
         self._clock = clock
         self._discovered_at = clock() + discovery_period
         self._workers: dict[str, _Entry] = {}
+        self._models_seen: set[str] = set()
         self._changed = asyncio.Event()
 
     @property
@@ -54,6 +55,7 @@ class WorkerRegistry:
         else:
             expires = self._clock() + heartbeat.interval_seconds * self._missed_heartbeats
             self._workers[heartbeat.worker_id] = _Entry(heartbeat, expires)
+            self._models_seen.update(served.name for served in heartbeat.models)
         self._notify()
 
     def expire(self) -> list[str]:
@@ -78,6 +80,14 @@ class WorkerRegistry:
             entry.expires > now and any(served.name == model for served in entry.heartbeat.models)
             for entry in self._workers.values()
         )
+
+    def models_seen(self) -> set[str]:
+        """Every model some worker announced since this replica started (live or not)."""
+        return set(self._models_seen)
+
+    def has_seen(self, model: str) -> bool:
+        """Whether some worker announced `model` since this replica started."""
+        return model in self._models_seen
 
     def workers(self) -> list[broker_pb2.Heartbeat]:
         """The latest heartbeat of every live worker."""

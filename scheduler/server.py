@@ -26,12 +26,15 @@ from plumbing.keystore import Keystore
 from plumbing.object_store import PayloadStore
 from plumbing.probes import ProbeServer, parse_bind
 from plumbing.s3_client import connect_s3
+from plumbing.telemetry import configure_tracing, server_interceptors
 from scheduler.auth import AuthInterceptor
 from scheduler.broker import TaskBroker
+from scheduler.decoding import DecodingInterceptor
 from scheduler.demux import Demux, Verdict
-from scheduler.errors import WorkerFailed
+from scheduler.errors import WorkerFailed, WorkerUnavailable
 from scheduler.metrics import SchedulerMetrics
 from scheduler.offload import PayloadOffload
+from scheduler.queue_monitor import QueueMonitor
 from scheduler.registry import WorkerRegistry
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
@@ -58,12 +61,20 @@ class SchedulerServer:
     ) -> None:
         self.settings = settings
         self.replica_id = uuid.uuid4().hex[:12]
-        self.metrics = SchedulerMetrics()
         self.broker = TaskBroker(settings.mesh, self.replica_id)
         self.demux = Demux(settings.demux_queue_size)
+        self.broker.on_connection_lost(self._fail_open_streams)
         self.registry = WorkerRegistry(
             missed_heartbeats=settings.missed_heartbeats,
             discovery_period=settings.discovery_period,
+        )
+        self.metrics = SchedulerMetrics(self.registry)
+        self.queues = QueueMonitor(
+            self.broker,
+            lambda: self.registry.models_seen() | self.broker.models_published,
+            messages=self.metrics.queue_messages,
+            consumers=self.metrics.queue_consumers,
+            interval=settings.queue_poll_interval,
         )
         mesh = settings.mesh
         self.offload = PayloadOffload(
@@ -101,7 +112,9 @@ class SchedulerServer:
         await self.broker.listen_to_heartbeats(self.registry.observe)
         self._background = asyncio.create_task(self._run_background())
         server = grpc.aio.server(
-            interceptors=self._interceptors,
+            # Tracing first: the span covers the other interceptors (e.g. refused keys).
+            # Undecodable requests are refused before anything reads them.
+            interceptors=[*server_interceptors(), DecodingInterceptor(), *self._interceptors],
             options=[("grpc.max_receive_message_length", self.settings.max_request_bytes)],
         )
         service = SchedulerService(
@@ -148,11 +161,19 @@ class SchedulerServer:
         async with asyncio.TaskGroup() as loops:
             loops.create_task(self._dispatch_replies())
             loops.create_task(self._expire_workers())
+            loops.create_task(self.queues.run())
             loops.create_task(
                 self.offload.sweep_forever(
                     ttl=self.settings.payload_ttl, interval=self.settings.payload_sweep_interval
                 )
             )
+
+    def _fail_open_streams(self) -> None:
+        """The broker connection dropped: chunks in flight are lost, and a redelivered copy
+        of a task must not continue a stream, so every open stream ends now (retryable)."""
+        failed = self.demux.fail_all(WorkerUnavailable("the broker connection was lost"))
+        if failed:
+            logger.warning("broker connection lost: %d streams failed", failed)
 
     async def _dispatch_replies(self) -> None:
         chunks = self.metrics.chunks
@@ -199,6 +220,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings) -> int:
-    """The `llm-mesh scheduler` command."""
+    """The `llm-mesh scheduler` command (traced when the `OTEL_*` variables ask for it)."""
+    configure_tracing("llm-mesh-scheduler")
     event_loop.run(serve(settings))
     return 0

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from llmmesh.v1 import (
@@ -28,14 +28,19 @@ from llmmesh.v1 import (
     scheduler_service_pb2,
     scheduler_service_pb2_grpc,
 )
+from opentelemetry import trace
 
+from plumbing.structured_logs import bind_request
+from plumbing.telemetry import tracing_enabled
 from plumbing.topology import MAX_PRIORITY
+from scheduler.admission import Admission, Waiting
 from scheduler.broker import TaskBroker
 from scheduler.demux import Demux, RequestStream
 from scheduler.errors import (
     InvalidRequest,
     MeshError,
     ModelNotFound,
+    Overloaded,
     TimeLimitExceeded,
     WorkerFailed,
     WorkerUnavailable,
@@ -43,10 +48,11 @@ from scheduler.errors import (
     to_status,
     to_stream_error,
 )
-from scheduler.metrics import SchedulerMetrics
+from scheduler.metrics import OTHER_MODEL, SchedulerMetrics
 from scheduler.offload import PayloadOffload
 from scheduler.registry import WorkerRegistry
 from scheduler.settings import Settings
+from scheduler.validation import validate
 
 __all__ = ["SchedulerService", "message_priority"]
 
@@ -79,6 +85,7 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self._registry = registry
         self._metrics = metrics
         self._offload = offload
+        self._admission = Admission(settings.max_queued_per_model)
 
     async def ListModels(
         self,
@@ -99,27 +106,37 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     ) -> None:
         """Streams the request's events; failures before `GenerationStart` are statuses."""
         self._metrics.in_flight.inc()
-        try:
-            await self._generate(request.request, context)
-        except MeshError as error:
-            await context.abort_with_status(to_status(error))
-        except Exception:
-            logger.exception("Generate failed unexpectedly")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        finally:
-            self._metrics.in_flight.dec()
+        request_id = uuid.uuid4().hex
+        if tracing_enabled():
+            span = trace.get_current_span()
+            span.set_attribute("llm_mesh.request_id", request_id)
+            span.set_attribute("llm_mesh.model", request.request.model)
+        with bind_request(request_id, model=request.request.model):
+            try:
+                await self._generate(request_id, request.request, context)
+            except MeshError as error:
+                await context.abort_with_status(to_status(error))
+            except Exception:
+                logger.exception("Generate failed unexpectedly")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                self._metrics.in_flight.dec()
 
     async def _generate(
         self,
+        request_id: str,
         chat: chat_pb2.ChatRequest,
         context: grpc.aio.ServicerContext[
             scheduler_service_pb2.GenerateRequest, scheduler_service_pb2.GenerateResponse
         ],
     ) -> None:
-        _validate(chat)
+        validate(chat, max_n=self._settings.max_n)
         clock = asyncio.get_running_loop().time
         generation = _Generation(
-            request_id=uuid.uuid4().hex, received=clock(), received_wall=time.time()
+            request_id=request_id,
+            model=self._model_label(chat.model),
+            received=clock(),
+            received_wall=time.time(),
         )
         budget = self._budget(chat, context)
         generation.total_deadline = generation.received + budget
@@ -134,6 +151,7 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         task.total_deadline.FromNanoseconds(int((generation.received_wall + budget) * 1e9))
         stored = await self._offload.attach(task, chat, deadline=generation.received + queue_limit)
         try:
+            generation.waiting = self._admit(chat)
             with self._demux.open(generation.request_id) as stream:
                 publishing = asyncio.create_task(
                     self._publish(
@@ -143,11 +161,12 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                 try:
                     await self._relay(generation, stream, context, queue_limit)
                 except asyncio.CancelledError:
-                    self._metrics.tasks_ended.labels("cancelled").inc()
+                    self._metrics.tasks_ended.labels(generation.model, "cancelled").inc()
                     await self._broker.publish_cancel(generation.request_id, "the caller cancelled")
                     raise
                 finally:
                     publishing.cancel()  # A no-op once confirmed, which it is by now.
+                    generation.waiting.release()
         finally:
             if stored is not None:
                 await self._offload.release(stored)
@@ -164,28 +183,34 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         request_id = generation.request_id
         try:
             first = await self._await_start(generation, stream, queue_limit)
+            generation.waiting.release()
         except (TimeLimitExceeded, WorkerFailed) as error:
             self._metrics.tasks_ended.labels(
-                "expired" if isinstance(error, TimeLimitExceeded) else "failed"
+                generation.model, "expired" if isinstance(error, TimeLimitExceeded) else "failed"
             ).inc()
             await self._broker.publish_cancel(request_id, error.message)
             raise
         except MeshError as error:
             outcome = "rejected" if isinstance(error, InvalidRequest) else "failed"
-            self._metrics.tasks_ended.labels(outcome).inc()
+            self._metrics.tasks_ended.labels(generation.model, outcome).inc()
             raise
         generation.started = asyncio.get_running_loop().time()
+        self._metrics.tasks_started.labels(generation.model).inc()
+        self._metrics.queue_time.labels(generation.model).observe(
+            generation.started - generation.received
+        )
         chunk = first
         try:
             while not await self._forward(generation, chunk, context):
                 chunk = await self._next_chunk(generation, stream)
         except MeshError as error:
             logger.info("request %s failed in-band: %s", request_id, error.message)
-            self._metrics.tasks_ended.labels("failed").inc()
+            self._metrics.tasks_ended.labels(generation.model, "failed").inc()
             await self._broker.publish_cancel(request_id, error.message)
             await context.write(generation.failure(error))
             return
-        self._metrics.tasks_ended.labels("completed").inc()
+        self._metrics.tasks_ended.labels(generation.model, "completed").inc()
+        self._observe_completion(generation)
 
     async def _await_start(
         self, generation: _Generation, stream: RequestStream, queue_limit: float
@@ -245,16 +270,25 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         now = asyncio.get_running_loop().time()
         generation.last_chunk = now
         finished = False
+        deltas = tokens = 0
         for event in chunk.events:
             kind = event.WhichOneof("event")
             if kind == "sequence_delta":
-                generation.completion_tokens += len(event.sequence_delta.token_ids)
-                if generation.first_token is None:
-                    generation.first_token = now
+                deltas += 1
+                tokens += len(event.sequence_delta.token_ids)
             elif kind == "generation_start":
                 generation.prompt_tokens = event.generation_start.prompt_tokens
             elif kind == "generation_finish":
                 finished = True
+        model = generation.model
+        self._metrics.relayed_chunks.labels(model).inc()
+        if deltas:
+            generation.completion_tokens += tokens
+            generation.last_token = now
+            self._metrics.tokens.labels(model).inc(tokens)
+            if generation.first_token is None:
+                generation.first_token = now
+                self._metrics.time_to_first_token.labels(model).observe(now - generation.received)
         await context.write(scheduler_service_pb2.GenerateResponse(events=chunk.events))
         return finished
 
@@ -274,7 +308,32 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         except MeshError as error:
             stream.fail(error)
         else:
-            self._metrics.tasks_published.inc()
+            self._metrics.tasks_published.labels(model).inc()
+
+    def _model_label(self, model: str) -> str:
+        """`model` as a metric label: known models only (clients choose the names)."""
+        if self._registry.has_seen(model) or model in self._broker.models_published:
+            return model
+        return OTHER_MODEL
+
+    def _observe_completion(self, generation: _Generation) -> None:
+        """The latencies of a request that completed."""
+        model = generation.model
+        now = asyncio.get_running_loop().time()
+        self._metrics.request_duration.labels(model).observe(now - generation.received)
+        if generation.first_token is not None and generation.completion_tokens > 1:
+            self._metrics.inter_token_latency.labels(model).observe(
+                (generation.last_token - generation.first_token)
+                / (generation.completion_tokens - 1)
+            )
+
+    def _admit(self, chat: chat_pb2.ChatRequest) -> Waiting:
+        """Counts the request among those waiting for a worker, or sheds it (`Overloaded`)."""
+        try:
+            return self._admission.admit(chat.model, chat.priority)
+        except Overloaded:
+            self._metrics.tasks_ended.labels(self._model_label(chat.model), "shed").inc()
+            raise
 
     async def _check_pool(self, model: str) -> None:
         """Fails fast when no live worker serves `model` (NOT_FOUND if none ever did)."""
@@ -308,14 +367,19 @@ class _Generation:
     """What the scheduler tracks of one request: its times (event loop clock) and usage."""
 
     request_id: str
+    #: The model's metric label.
+    model: str
     received: float
     received_wall: float
     total_deadline: float = float("inf")
     started: float = 0.0
     first_token: float | None = None
+    last_token: float = 0.0
     last_chunk: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Its place among the requests waiting for a worker, until chunk 0 (load shedding).
+    waiting: Waiting = field(default_factory=Waiting.none)
 
     def failure(self, error: MeshError) -> scheduler_service_pb2.GenerateResponse:
         """The in-band end of a failed stream: the error, then the finish with usage so far."""
@@ -339,11 +403,3 @@ class _Generation:
                 events_pb2.StreamEvent(generation_finish=finish),
             ]
         )
-
-
-def _validate(chat: chat_pb2.ChatRequest) -> None:
-    """What the scheduler can check without the model; the worker checks the rest."""
-    if not chat.model:
-        raise InvalidRequest("a model is required", field="model")
-    if not chat.messages:
-        raise InvalidRequest("at least one message is required", field="messages")

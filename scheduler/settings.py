@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     total_timeout: float = Field(
         default=600.0, gt=0, description="`total` timeout: the cap of any request's budget."
     )
+    max_n: int = Field(
+        default=8,
+        ge=1,
+        description="Largest `n` (sequences per request): each costs a worker memory and time.",
+    )
+    max_queued_per_model: int = Field(
+        default=256,
+        ge=0,
+        description="Interactive requests of one model that may wait for a worker on this "
+        "replica; past it new ones are shed (RESOURCE_EXHAUSTED, the gateway's 429). Batch "
+        "requests are never shed. 0 = no limit.",
+    )
     demux_queue_size: int = Field(
         default=256, ge=1, description="Chunks buffered per request before a slow reader fails."
     )

@@ -25,6 +25,7 @@ import enum
 import logging
 import time
 from collections.abc import AsyncGenerator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -38,9 +39,12 @@ from aio_pika.abc import (
 )
 from google.protobuf.message import DecodeError
 from llmmesh.v1 import broker_pb2, chat_pb2, events_pb2
+from opentelemetry import trace
 
 from plumbing.object_store import PayloadStore
 from plumbing.s3_client import connect_s3
+from plumbing.structured_logs import bind_request
+from plumbing.telemetry import extract_headers, tracer, tracing_enabled
 from plumbing.topology import Topology
 from worker.cancellations import CancelledRequests
 from worker.engine_protocol import Engine, EngineOutput, PreparedRequest, RequestRejected
@@ -48,6 +52,7 @@ from worker.metrics import WorkerMetrics
 from worker.payloads import PayloadFetcher
 from worker.replies import AmqpChunkSink, ReplyStream, ReplyUndeliverable
 from worker.settings import Settings
+from worker.watchdog import EngineWatchdog
 
 __all__ = ["AbortReason", "TaskConsumer"]
 
@@ -64,6 +69,7 @@ class AbortReason(enum.Enum):
     REQUESTER_GONE = "requester_gone"
     SHUTDOWN = "shutdown"
     ENGINE_ERROR = "engine_error"
+    ENGINE_STALLED = "engine_stalled"
 
 
 class _Unprocessable(Exception):
@@ -121,6 +127,7 @@ class TaskConsumer:
         worker_id: str,
         metrics: WorkerMetrics,
         cancelled: CancelledRequests,
+        watchdog: EngineWatchdog | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
@@ -128,6 +135,7 @@ class TaskConsumer:
         self._worker_id = worker_id
         self._metrics = metrics
         self._cancelled = cancelled
+        self._watchdog = watchdog
         self._topology = Topology(settings.mesh.broker_prefix)
         self._payloads = PayloadFetcher(
             PayloadStore(connect_s3(settings.mesh)) if settings.mesh.s3_endpoint else None
@@ -183,6 +191,11 @@ class TaskConsumer:
                 running.abort(AbortReason.SHUTDOWN)
             await asyncio.wait(set(self._handlers))
 
+    def abort_all(self, reason: AbortReason) -> None:
+        """Aborts every running request (each ends with the reason's events)."""
+        for running in self._running.values():
+            running.abort(reason)
+
     def cancel(self, request_id: str) -> None:
         """Handles a `Cancel`: remembers the id and aborts the request if it runs here."""
         self._cancelled.add(request_id)
@@ -228,7 +241,25 @@ class TaskConsumer:
         if message.redelivered:
             await self._republish(message, task)
             return
-        await self._run(task, message.reply_to)
+        with bind_request(task.request_id, model=self._settings.model), self._task_span(message):
+            await self._run(task, message.reply_to)
+
+    def _task_span(self, message: AbstractIncomingMessage) -> AbstractContextManager[object]:
+        """The task's consumer span, a child of the publisher's (W3C context in the headers);
+        nothing while tracing is off."""
+        if not tracing_enabled():
+            return contextlib.nullcontext()
+        return tracer().start_as_current_span(
+            f"{message.routing_key} process",
+            context=extract_headers(message.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.rabbitmq.destination.routing_key": message.routing_key or "",
+                "llm_mesh.request_id": message.correlation_id or "",
+                "llm_mesh.worker_id": self._worker_id,
+            },
+        )
 
     async def _republish(self, message: AbstractIncomingMessage, task: broker_pb2.Task) -> None:
         """Puts a redelivered task back with its attempt count raised (or dead-letters it)."""
@@ -312,13 +343,21 @@ class TaskConsumer:
         reply.send([events_pb2.StreamEvent(generation_start=start)], urgent=True)
         self._metrics.tasks_started.inc()
         progress = _Progress()
-        running.generation = asyncio.create_task(self._stream(prepared, reply, progress))
+        engine_span = _engine_span(prepared)
+        with trace.use_span(engine_span, end_on_exit=False):
+            # Started in the span: the generation's task adds the first token event to it.
+            # Beam search streams nothing until it ends: the watchdog cannot judge it.
+            watched = not request.generation_parameters.HasField("beam_search")
+            running.generation = asyncio.create_task(
+                self._stream(prepared, reply, progress, watched=watched)
+            )
         outcome: AbortReason | None = None
         try:
             await running.generation
         except asyncio.CancelledError:
             handler = asyncio.current_task()
             if handler is not None and handler.cancelling():
+                engine_span.end()
                 raise
             outcome = running.abort_reason
         except Exception:
@@ -326,6 +365,14 @@ class TaskConsumer:
             # in-band, and the worker goes on serving.
             logger.exception("engine failed on request %s", request_id)
             outcome = AbortReason.ENGINE_ERROR
+        engine_span.add_event(
+            "finish",
+            {
+                "completion_tokens": progress.completion_tokens,
+                "outcome": "completed" if outcome is None else outcome.value,
+            },
+        )
+        engine_span.end()
         if outcome is None:
             self._metrics.tasks_completed.inc()
         else:
@@ -340,14 +387,25 @@ class TaskConsumer:
             logger.info("request %s: last chunk undeliverable (%s)", request_id, gone)
 
     async def _stream(
-        self, prepared: PreparedRequest, reply: ReplyStream, progress: _Progress
+        self, prepared: PreparedRequest, reply: ReplyStream, progress: _Progress, *, watched: bool
     ) -> None:
         outputs = self._engine.generate(prepared)
+        watchdog = self._watchdog if watched else None
+        if watchdog is not None:
+            watchdog.started()
         try:
             async for output in outputs:
+                if watchdog is not None:
+                    watchdog.progressed()
+                before = progress.completion_tokens
                 first_token = progress.observe(output)
+                self._metrics.tokens_generated.inc(max(progress.completion_tokens - before, 0))
+                if first_token:
+                    trace.get_current_span().add_event("first_token")
                 reply.send(output.events, urgent=first_token)
         finally:
+            if watchdog is not None:
+                watchdog.finished()
             # Closing the iterator aborts the engine's request (the Engine contract).
             if isinstance(outputs, AsyncGenerator):
                 await outputs.aclose()
@@ -356,6 +414,20 @@ class TaskConsumer:
     def _reply_exchange(self) -> AbstractExchange:
         assert self._replies is not None, "declare() first"
         return self._replies
+
+
+def _engine_span(prepared: PreparedRequest) -> trace.Span:
+    """The span of the engine's generation (a non-recording one while tracing is off)."""
+    if not tracing_enabled():
+        return trace.INVALID_SPAN
+    return tracer().start_span(
+        "engine.generate",
+        attributes={
+            "llm_mesh.request_id": prepared.request_id,
+            "llm_mesh.prompt_tokens": prepared.prompt_tokens,
+            "llm_mesh.sequences": prepared.sequences,
+        },
+    )
 
 
 def _attempt(message: AbstractIncomingMessage) -> int:
@@ -387,6 +459,16 @@ def _final_events(
                 error=events_pb2.StreamError(
                     code=events_pb2.ERROR_CODE_WORKER_LOST,
                     message="the worker shut down before the request ended",
+                    retryable=True,
+                )
+            )
+        )
+    elif outcome is AbortReason.ENGINE_STALLED:
+        events.append(
+            events_pb2.StreamEvent(
+                error=events_pb2.StreamError(
+                    code=events_pb2.ERROR_CODE_WORKER_LOST,
+                    message="the worker's engine stopped producing tokens",
                     retryable=True,
                 )
             )

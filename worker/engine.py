@@ -10,6 +10,13 @@ checks, so that every invalid request becomes a `RequestRejected` before anythin
 generated. `generate()` streams vLLM's per-sequence deltas (`RequestOutputKind.DELTA`) as
 canonical events; closing or cancelling it aborts the vLLM request.
 
+Beam search (`generation_parameters.beam_search`) runs in this process on top of vLLM's
+per-step log probabilities (`worker.beam_search`, with the vLLM side in
+`worker.vllm_beam_search`), also under structured-output constraints. It streams nothing while
+it searches: when the search ends, each of the (at most n) best beams, best first, is started,
+given its whole text in one delta and finished with its `cumulative_logprob`. Usage counts the
+returned sequences' tokens (the search itself runs many more through the model).
+
 Defaults worth knowing: `max_tokens` unset = the rest of the context, capped by
 `default_max_tokens` (1024) so that one rambling request cannot hold a sequence slot for a
 whole 8k context; `temperature`/`top_p`/`top_k` unset = vLLM's defaults (1.0, 1.0, all),
@@ -43,6 +50,14 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from worker.chat_messages import json_value, template_messages, template_tools
 from worker.engine_protocol import EngineOutput, ModelCard, PreparedRequest, RequestRejected
+from worker.vllm_beam_search import (
+    BeamSearchInput,
+    GrammarBackends,
+    VllmBeamSearch,
+    beam_search_input,
+    beam_validation_params,
+    check_beam_parameters,
+)
 from worker.vllm_extensions import sampling_settings
 
 __all__ = ["Dtype", "VllmEngine"]
@@ -111,6 +126,8 @@ class VllmEngine:
         self._supported_tasks: tuple[Any, ...] = ()
         self._active: Counter[str] = Counter()
         self._aborted_total = 0
+        self._grammars: GrammarBackends | None = None
+        self._beam_searches: dict[str, VllmBeamSearch] = {}
 
     @property
     def card(self) -> ModelCard:
@@ -154,6 +171,7 @@ class VllmEngine:
             raise
         template = getattr(tokenizer, "chat_template", None)
         self._llm = llm
+        self._grammars = GrammarBackends(llm.vllm_config, tokenizer)
         self._card = ModelCard(
             name=self._served_name,
             max_context=llm.model_config.max_model_len,
@@ -171,12 +189,9 @@ class VllmEngine:
         llm = self._started()
         card = self.card
         parameters = request.generation_parameters
-        if parameters.HasField("beam_search"):
-            raise RequestRejected(
-                _INVALID,
-                "beam search is not supported by the vLLM engine yet",
-                field="generation_parameters.beam_search",
-            )
+        beam_search = parameters.HasField("beam_search")
+        if beam_search:
+            check_beam_parameters(parameters, llm.model_config.max_logprobs)
         tools = template_tools(request.tools)
         if tools and not card.supports_tools:
             raise RequestRejected(
@@ -219,7 +234,11 @@ class VllmEngine:
             max_tokens = requested
         prompt = tokens_input(token_ids, prompt=prompt_text)
         try:
-            params = _sampling_params(parameters, max_tokens)
+            if beam_search:
+                structured_outputs = _structured_outputs(parameters.structured_output)
+                params = beam_validation_params(parameters, max_tokens, structured_outputs)
+            else:
+                params = _sampling_params(parameters, max_tokens)
             # vLLM's own request validation (logprob limits, structured-output grammars,
             # token ids), run now so that a bad request is rejected before it is accepted.
             llm.input_processor.process_inputs(
@@ -231,6 +250,15 @@ class VllmEngine:
             if parameter:
                 field += "." + _CANONICAL_PARAMETERS.get(parameter, parameter)
             raise RequestRejected(_INVALID, str(exc), field=field) from exc
+        if beam_search:
+            return PreparedRequest(
+                request_id=request_id,
+                prompt_tokens=prompt_tokens,
+                sequences=parameters.n if parameters.HasField("n") else 1,
+                engine_input=beam_search_input(
+                    parameters, token_ids, max_tokens, params, llm.get_tokenizer()
+                ),
+            )
         top_logprobs = params.logprobs if parameters.logprobs else None
         return PreparedRequest(
             request_id=request_id,
@@ -249,6 +277,11 @@ class VllmEngine:
         """
         llm = self._started()
         engine_input = prepared.engine_input
+        if isinstance(engine_input, BeamSearchInput):
+            async with aclosing(self._beam_search(llm, prepared, engine_input)) as beams:
+                async for beam_output in beams:
+                    yield beam_output
+            return
         if not isinstance(engine_input, _VllmInput):
             raise TypeError("generate() needs a request prepared by this engine")
         request_id = prepared.request_id
@@ -294,9 +327,33 @@ class VllmEngine:
             if unfinished and not llm.errored:
                 await llm.abort(request_id)
 
+    async def _beam_search(
+        self, llm: AsyncLLM, prepared: PreparedRequest, engine_input: BeamSearchInput
+    ) -> AsyncGenerator[EngineOutput, None]:
+        """`generate()` of a beam-search request (`VllmBeamSearch.run`)."""
+        assert self._grammars is not None
+        request_id = prepared.request_id
+        search = VllmBeamSearch(llm, prepared, engine_input, self._grammars)
+        self._beam_searches[request_id] = search
+        self._active[request_id] += 1
+        try:
+            async with aclosing(search.run()) as outputs:
+                async for output in outputs:
+                    yield output
+        finally:
+            self._beam_searches.pop(request_id, None)
+            self._active[request_id] -= 1
+            if self._active[request_id] <= 0:
+                del self._active[request_id]
+            if not search.completed:
+                self._aborted_total += 1
+
     async def abort(self, request_id: str) -> None:
         """Aborts a running request: its unfinished sequences finish as CANCELLED."""
-        if self._llm is not None and request_id in self._active:
+        search = self._beam_searches.get(request_id)
+        if search is not None:
+            await search.abort()
+        elif self._llm is not None and request_id in self._active:
             await self._llm.abort(request_id)
 
     async def healthy(self) -> bool:
@@ -309,6 +366,9 @@ class VllmEngine:
         Running generations end with vLLM's `EngineDeadError`.
         """
         llm, self._llm = self._llm, None
+        grammars, self._grammars = self._grammars, None
+        if grammars is not None:
+            grammars.destroy()
         if llm is not None:
             # Blocks for seconds while the engine core exits; vLLM's shutdown is written to
             # be called off the event loop (it hands socket closing back to the loop).

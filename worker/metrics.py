@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from worker.engine_protocol import Engine
@@ -16,7 +16,8 @@ __all__ = ["WorkerMetrics"]
 class WorkerMetrics:
     """Counters and gauges served on `/metrics` (tests read them to see what a worker did)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, held: Callable[[], int] = lambda: 0) -> None:
+        """`held` counts the tasks taken from the queue and not yet ended."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.tasks_received = Counter(
             "llm_mesh_worker_tasks_received",
@@ -71,18 +72,40 @@ class WorkerMetrics:
             "Tasks being handled now.",
             registry=self.registry,
         )
-        self.registry.register(_EngineCollector(engine))
+        self.tokens_generated = Counter(
+            "llm_mesh_worker_tokens_generated",
+            "Completion tokens the engine generated (all sequences).",
+            registry=self.registry,
+        )
+        self.engine_stalls = Counter(
+            "llm_mesh_worker_engine_stalls",
+            "Times the engine watchdog found the engine silent while requests ran (the "
+            "worker then stops serving).",
+            registry=self.registry,
+        )
+        self.registry.register(_EngineCollector(engine, held))
 
 
 class _EngineCollector(Collector):
-    """The engine's own count of aborted requests, read at scrape time."""
+    """The engine's own counts, read at scrape time."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, held: Callable[[], int]) -> None:
         self._engine = engine
+        self._held = held
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "llm_mesh_worker_engine_aborted",
             "Requests the engine aborted before they finished.",
             value=self._engine.aborted_total,
         )
+        running = self._engine.running
+        sequences = GaugeMetricFamily(
+            "llm_mesh_worker_engine_requests",
+            "Requests (running sequences, n per request) in the engine, and taken from the queue "
+            "but not yet in it (waiting: rendering, fetching, held by the prefetch).",
+            labels=["state"],
+        )
+        sequences.add_metric(["running"], running)
+        sequences.add_metric(["waiting"], max(self._held() - running, 0))
+        yield sequences

@@ -4,7 +4,9 @@ Start: connect → serve the probes (`/healthz` at once, `/readyz` 503 until rea
 the model's queue → announce (not ready) → load the engine → consume → ready; then it prints
 `llm-mesh worker ready: ...` on stdout. SIGTERM (or SIGINT): not ready, stop consuming, let
 in-flight requests finish within the grace period, abort the rest (they end with a retryable
-error), say goodbye to the schedulers, close.
+error), say goodbye to the schedulers, close. An engine that stops producing tokens while
+requests run (`worker.watchdog`) takes the worker out of service: not ready (probe and
+heartbeat), no more tasks, in-flight requests end with a retryable error.
 
 vLLM spawns its engine-core process, which re-imports the main module: keep the
 `if __name__ == "__main__"` guard on every entry point.
@@ -27,15 +29,17 @@ from llmmesh.v1 import broker_pb2
 from plumbing import event_loop
 from plumbing.probes import ProbeServer, parse_bind
 from plumbing.storage_errors import StorageError
+from plumbing.telemetry import configure_tracing
 from plumbing.topology import Topology
 from worker.cancellations import CancelledRequests
-from worker.consumer import TaskConsumer
+from worker.consumer import AbortReason, TaskConsumer
 from worker.engine_protocol import Engine, ModelCard
 from worker.heartbeat import ControlLink
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
 from worker.stored_model import pull_stored_model
 from worker.synthetic import SyntheticEngine
+from worker.watchdog import EngineWatchdog
 
 __all__ = ["WorkerService", "build_engine", "main", "serve"]
 
@@ -64,6 +68,7 @@ async def build_engine(settings: Settings) -> Engine:
             token_interval=settings.synthetic_token_interval,
             first_token_delay=settings.synthetic_first_token_delay,
             prepare_delay=settings.synthetic_prepare_delay,
+            hang_after=settings.synthetic_hang_after,
             model_dir=model_dir,
         )
     if model_dir is None:
@@ -93,10 +98,15 @@ class WorkerService:
         self.worker_id = settings.worker_id or (
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
-        self.metrics = WorkerMetrics(engine)
+        self._consumer: TaskConsumer | None = None
+        self.metrics = WorkerMetrics(
+            engine, held=lambda: self._consumer.running if self._consumer is not None else 0
+        )
+        self.watchdog = EngineWatchdog(settings.engine_watchdog_window)
+        #: The port of /healthz, /readyz and /metrics, once `run` serves them.
+        self.http_port = 0
         self._ready = False
         self._engine_started = False
-        self._consumer: TaskConsumer | None = None
 
     @property
     def ready(self) -> bool:
@@ -113,6 +123,7 @@ class WorkerService:
             healthy=self.engine.healthy,
         )
         await probes.start()
+        self.http_port = probes.port
         connection = await aio_pika.connect_robust(
             settings.mesh.amqp_url,
             client_properties={"connection_name": f"llm-mesh worker {self.worker_id}"},
@@ -125,6 +136,7 @@ class WorkerService:
                 worker_id=self.worker_id,
                 metrics=self.metrics,
                 cancelled=CancelledRequests(settings.cancelled_ttl),
+                watchdog=self.watchdog,
             )
             self._consumer = consumer
             await consumer.declare()
@@ -139,6 +151,9 @@ class WorkerService:
             await control.listen(consumer.cancel)
             async with asyncio.TaskGroup() as loops:
                 heartbeats = loops.create_task(control.run_heartbeats())
+                watching = loops.create_task(
+                    self.watchdog.watch(lambda: self._take_out_of_service(consumer, control))
+                )
                 await self.engine.start()
                 self._engine_started = True
                 await consumer.start()
@@ -157,12 +172,26 @@ class WorkerService:
                 await control.announce()
                 await consumer.drain(settings.grace_period)
                 heartbeats.cancel()
+                watching.cancel()
             await control.announce(goodbye=True)
         finally:
             self._ready = False
             await connection.close()
             await self.engine.aclose()
             await probes.stop()
+
+    async def _take_out_of_service(self, consumer: TaskConsumer, control: ControlLink) -> None:
+        """The engine stalled: stop serving and end the requests it holds (retryable)."""
+        logger.error(
+            "the engine produced nothing for %.1f s while requests ran: not ready, no more "
+            "tasks, in-flight requests end with a retryable error",
+            self.watchdog.silence,
+        )
+        self.metrics.engine_stalls.inc()
+        self._ready = False
+        await consumer.stop_consuming()
+        await control.announce()
+        consumer.abort_all(AbortReason.ENGINE_STALLED)
 
     def _describe(self) -> broker_pb2.Heartbeat:
         # The card may need the loaded model: until then, announce only the model's name.
@@ -194,7 +223,11 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings) -> int:
-    """The `llm-mesh worker` command; exits 1 when the model cannot be pulled from S3."""
+    """The `llm-mesh worker` command; exits 1 when the model cannot be pulled from S3.
+
+    Traced when the `OTEL_*` variables ask for it.
+    """
+    configure_tracing("llm-mesh-worker")
     try:
         event_loop.run(serve(settings))
     except StorageError as exc:

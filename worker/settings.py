@@ -91,6 +91,19 @@ class Settings(BaseSettings):
     synthetic_first_token_delay: float = Field(
         default=0.0, ge=0, description="Synthetic: seconds before the first token (prefill)."
     )
+    engine_watchdog_window: float = Field(
+        default=60.0,
+        gt=0,
+        description="While requests run, the engine must produce an output at least this "
+        "often (seconds; above the slowest prefill under load), else the worker stops serving "
+        "and ends them with a retryable error (worker/watchdog.py).",
+    )
+    synthetic_hang_after: int | None = Field(
+        default=None,
+        ge=1,
+        description="Synthetic: hang (produce nothing, forever) after this many token steps "
+        "of every request; for watchdog tests.",
+    )
     synthetic_prepare_delay: float = Field(
         default=0.0, ge=0, description="Synthetic: seconds `prepare` takes (template rendering)."
     )

@@ -11,7 +11,8 @@ Timing: `prepare` takes `prepare_delay`; the first token of every sequence comes
 `token_interval` (on an absolute schedule, so a slow consumer does not slow the engine down).
 A sequence ends with STOP after `tokens` tokens (its "end-of-sequence"), with LENGTH at
 `max_tokens` or the context, with STOP at a stop string (held back text never leaks), and
-runs to the limit with `ignore_eos`.
+runs to the limit with `ignore_eos`. With `hang_after`, every request stops producing after
+that many token steps and waits forever (until cancelled): a hung engine, for watchdog tests.
 
 Given a model directory (e.g. pulled from S3), `start` reads its `config.json`, which must
 exist, and takes the context length from its `max_position_embeddings`: the synthetic engine
@@ -77,6 +78,7 @@ class SyntheticEngine:
         token_interval: float = 0.02,
         first_token_delay: float = 0.0,
         prepare_delay: float = 0.0,
+        hang_after: int | None = None,
         model_dir: Path | None = None,
     ) -> None:
         self._card = card
@@ -85,6 +87,7 @@ class SyntheticEngine:
         self._token_interval = token_interval
         self._first_token_delay = first_token_delay
         self._prepare_delay = prepare_delay
+        self._hang_after = hang_after
         self._aborted: dict[str, bool] = {}
         self._aborted_total = 0
 
@@ -204,6 +207,8 @@ class SyntheticEngine:
                 await asyncio.sleep(max(delay, 0))
                 if self._aborted[request_id]:
                     return
+                if self._hang_after is not None and step >= self._hang_after:
+                    await asyncio.Event().wait()  # Hung: only a cancellation gets out.
                 events: list[events_pb2.StreamEvent] = []
                 for sequence in sequences:
                     if sequence.finished:

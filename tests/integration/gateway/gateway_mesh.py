@@ -1,11 +1,17 @@
-"""The mesh behind the gateway tests: a scheduler and a worker (subprocesses), keys, gateways.
+"""The meshes behind the gateway tests: scheduler subprocesses, workers, keys, gateways.
 
 `conftest.py` registers the fixtures; tests import the helpers from here (a unique module name:
 test directories are not packages).
 
-Every run uses its own broker prefix and data directory; processes run in their own process
-groups and are killed by group at the end; the broker objects the run declared are deleted.
-The worker's engine is chosen by one fixture, `worker_engine` (synthetic by default).
+Two meshes, each with its own scheduler, data directory (keys, ledger) and gateway:
+- `mesh` / `gateway` / `api_key`: a synthetic worker of its own (`--engine synthetic`) under a
+  broker prefix of its own — for many requests, fuzzing, timing, quotas, faults;
+- `real_mesh` / `real_gateway` / `real_api_key`: the session's shared real vLLM worker
+  (`vllm_worker`, `../conftest.py`), whose broker prefix the scheduler joins — for every
+  test of what the model outputs.
+
+Processes run in their own process groups and are stopped by group at the end; the broker
+objects a mesh declared are deleted (those of the real mesh's prefix by `vllm_worker`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import ssl
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +32,7 @@ import aio_pika
 import httpx
 import pytest
 import pytest_asyncio
+from shared_worker import MISSED_HEARTBEATS, SharedWorker
 
 from plumbing.client import SchedulerClient
 from plumbing.keystore import Keystore
@@ -103,7 +111,7 @@ async def start_process(
 
 @dataclass
 class Mesh:
-    """The running scheduler and worker."""
+    """A running scheduler and the worker behind it."""
 
     prefix: str
     scheduler_target: str
@@ -113,11 +121,14 @@ class Mesh:
     service_key: str
     processes: list[Process] = field(default_factory=list)
 
+    @property
+    def keystore_url(self) -> str:
+        """The SQLite keys/usage database in the mesh's data directory (the default)."""
+        return _sqlite_url(self.base_env["LLM_MESH_DATA_DIR"])
 
-@pytest.fixture(scope="session")
-def worker_engine() -> str:
-    """The engine of the mesh's worker: the one switch between synthetic and real vLLM."""
-    return "synthetic"
+
+def _sqlite_url(data_dir: str) -> str:
+    return f"sqlite:///{Path(data_dir) / 'llm-mesh.sqlite3'}"
 
 
 async def _wait_for_model(target: str, model: str, api_key: str) -> None:
@@ -144,10 +155,15 @@ async def _delete_broker_objects(amqp_url: str, topology: Topology) -> None:
             await channel.exchange_delete(exchange)
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def mesh(tmp_path_factory: pytest.TempPathFactory, worker_engine: str) -> AsyncIterator[Mesh]:
-    """`llm-mesh scheduler` and `llm-mesh worker --engine <worker_engine>` for the session."""
-    prefix = f"test-{uuid.uuid4().hex[:8]}."
+@asynccontextmanager
+async def _running_mesh(
+    prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    shared_worker: SharedWorker | None,
+) -> AsyncIterator[Mesh]:
+    """`llm-mesh scheduler` on `prefix`, and `llm-mesh worker --engine synthetic` unless
+    `shared_worker` already serves the model under that prefix."""
     logs = tmp_path_factory.mktemp("mesh-logs")
     base_env = {
         "LLM_MESH_BROKER_PREFIX": prefix,
@@ -159,9 +175,9 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory, worker_engine: str) -> 
         "LLM_MESH_WORKER_SYNTHETIC_MAX_CONTEXT": "512",
         "LLM_MESH_WORKER_GRACE_PERIOD": "2",
     }
-    keystore = Keystore.open(
-        f"sqlite:///{Path(base_env['LLM_MESH_DATA_DIR']) / 'llm-mesh.sqlite3'}"
-    )
+    if shared_worker is not None:
+        base_env["LLM_MESH_SCHEDULER_MISSED_HEARTBEATS"] = str(MISSED_HEARTBEATS)
+    keystore = Keystore.open(_sqlite_url(base_env["LLM_MESH_DATA_DIR"]))
     service_key, _ = keystore.create_key("gateway", service=True)
     keystore.close()
     processes: list[Process] = []
@@ -175,28 +191,32 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory, worker_engine: str) -> 
         processes.append(scheduler)
         target = re.search(r"grpc=(\S+)", scheduler.ready_line)
         assert target is not None
-        worker = await start_process(
-            [
-                "worker",
-                "--engine",
-                worker_engine,
-                "--model",
-                MODEL,
-                "--http-bind",
-                "127.0.0.1:0",
-            ],
-            env=base_env,
-            ready="llm-mesh worker ready:",
-            log=logs / "worker.log",
-        )
-        processes.append(worker)
-        metrics = re.search(r"http=(\S+)", worker.ready_line)
-        assert metrics is not None
+        if shared_worker is None:
+            worker = await start_process(
+                [
+                    "worker",
+                    "--engine",
+                    "synthetic",
+                    "--model",
+                    MODEL,
+                    "--http-bind",
+                    "127.0.0.1:0",
+                ],
+                env=base_env,
+                ready="llm-mesh worker ready:",
+                log=logs / "worker.log",
+            )
+            processes.append(worker)
+            metrics = re.search(r"http=(\S+)", worker.ready_line)
+            assert metrics is not None
+            metrics_url = metrics.group(1).rstrip("/") + "/metrics"
+        else:
+            metrics_url = shared_worker.metrics_url
         await _wait_for_model(target.group(1), MODEL, service_key)
         yield Mesh(
             prefix=prefix,
             scheduler_target=target.group(1),
-            worker_metrics_url=metrics.group(1).rstrip("/") + "/metrics",
+            worker_metrics_url=metrics_url,
             base_env=base_env,
             service_key=service_key,
             processes=processes,
@@ -204,10 +224,32 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory, worker_engine: str) -> 
     finally:
         for process in reversed(processes):
             await process.stop()
-        await _delete_broker_objects(
-            os.environ.get("LLM_MESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
-            Topology(prefix),
-        )
+        if shared_worker is None:
+            await _delete_broker_objects(
+                os.environ.get("LLM_MESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+                Topology(prefix),
+            )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+    """`llm-mesh scheduler` and a synthetic `llm-mesh worker` for the session."""
+    async with _running_mesh(
+        f"test-{uuid.uuid4().hex[:8]}.", tmp_path_factory, shared_worker=None
+    ) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def real_mesh(
+    tmp_path_factory: pytest.TempPathFactory, vllm_worker: SharedWorker
+) -> AsyncIterator[Mesh]:
+    """`llm-mesh scheduler` on the prefix of the session's real vLLM worker."""
+    assert vllm_worker.model == MODEL
+    async with _running_mesh(
+        vllm_worker.prefix, tmp_path_factory, shared_worker=vllm_worker
+    ) as running:
+        yield running
 
 
 @dataclass
@@ -255,29 +297,55 @@ async def start_gateway(
 
 @pytest.fixture(scope="session")
 def sqlite_keystore(mesh: Mesh) -> Iterator[Keystore]:
-    """The SQLite keys/usage database in the mesh's data directory (the gateway's default)."""
-    keystore = Keystore.open(
-        f"sqlite:///{Path(mesh.base_env['LLM_MESH_DATA_DIR']) / 'llm-mesh.sqlite3'}"
-    )
+    """The synthetic mesh's SQLite keys/usage database (the gateway's default)."""
+    keystore = Keystore.open(mesh.keystore_url)
     yield keystore
     keystore.close()
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def gateway(
-    mesh: Mesh, sqlite_keystore: Keystore, tmp_path_factory: pytest.TempPathFactory
+@asynccontextmanager
+async def _session_gateway(
+    mesh: Mesh, keystore: Keystore, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Gateway]:
-    """One gateway for the session, SQLite ledger, in front of the subprocess scheduler."""
     running = await start_gateway(
-        mesh, sqlite_keystore, tmp_path_factory.mktemp("gateway") / "gateway.log"
+        mesh, keystore, tmp_path_factory.mktemp("gateway") / "gateway.log"
     )
     yield running
     # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
     assert await running.process.stop() in (0, -signal.SIGTERM)
 
 
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def gateway(
+    mesh: Mesh, sqlite_keystore: Keystore, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Gateway]:
+    """One gateway for the session, SQLite ledger, in front of the synthetic mesh."""
+    async with _session_gateway(mesh, sqlite_keystore, tmp_path_factory) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def real_gateway(
+    real_mesh: Mesh, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Gateway]:
+    """One gateway for the session, SQLite ledger, in front of the real model."""
+    keystore = Keystore.open(real_mesh.keystore_url)
+    try:
+        async with _session_gateway(real_mesh, keystore, tmp_path_factory) as running:
+            yield running
+    finally:
+        keystore.close()
+
+
 @pytest.fixture
 def api_key(gateway: Gateway) -> str:
-    """A fresh key without limits."""
+    """A fresh key without limits, for the synthetic mesh's gateway."""
     key, _ = gateway.keystore.create_key(f"test-{uuid.uuid4().hex[:6]}")
+    return key
+
+
+@pytest.fixture
+def real_api_key(real_gateway: Gateway) -> str:
+    """A fresh key without limits, for the real model's gateway."""
+    key, _ = real_gateway.keystore.create_key(f"test-{uuid.uuid4().hex[:6]}")
     return key

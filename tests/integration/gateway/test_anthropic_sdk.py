@@ -1,4 +1,8 @@
-"""The official `anthropic` SDK, unchanged, against the gateway and the mesh behind it."""
+"""The official `anthropic` SDK, unchanged, against the gateway and the mesh behind it.
+
+The SDK client talks to the real model (the session's vLLM worker); the raw HTTP cases, which
+never reach a worker, use the synthetic mesh's gateway.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def client(gateway: Gateway, api_key: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+async def client(
+    real_gateway: Gateway, real_api_key: str
+) -> AsyncIterator[anthropic.AsyncAnthropic]:
     async with anthropic.AsyncAnthropic(
-        base_url=gateway.url, api_key=api_key, max_retries=0
+        base_url=real_gateway.url, api_key=real_api_key, max_retries=0
     ) as sdk:
         yield sdk
 
@@ -70,6 +76,19 @@ async def test_errors_in_anthropic_shape(client: anthropic.AsyncAnthropic) -> No
     assert isinstance(body, dict)
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in body["error"]["message"]
+
+
+async def test_prompt_over_the_context_is_400_in_anthropic_shape(
+    client: anthropic.AsyncAnthropic,
+) -> None:
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        await client.messages.create(
+            model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "word " * 9000}]
+        )
+    body = raised.value.body
+    assert isinstance(body, dict)
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "8192" in body["error"]["message"]
 
 
 async def test_bad_key_is_401_in_anthropic_shape(gateway: Gateway) -> None:

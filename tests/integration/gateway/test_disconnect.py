@@ -1,4 +1,7 @@
-"""A client that goes away mid-generation cancels it end to end, and is billed what it got."""
+"""A client that goes away mid-generation cancels it end to end, and is billed what it got.
+
+On the real model: the session's vLLM worker aborts the request in vLLM.
+"""
 
 from __future__ import annotations
 
@@ -50,8 +53,9 @@ async def _wait_aborted(client: httpx.AsyncClient, mesh: Mesh, before: float) ->
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_disconnect_aborts_the_worker_and_bills_the_tokens(
-    mesh: Mesh, gateway: Gateway, stream: bool
+    real_mesh: Mesh, real_gateway: Gateway, stream: bool
 ) -> None:
+    mesh, gateway = real_mesh, real_gateway
     api_key, record = gateway.keystore.create_key("leaver")
     headers = {"authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient() as probe:

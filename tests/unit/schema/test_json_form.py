@@ -23,7 +23,9 @@ def _full_request() -> chat_pb2.ChatRequest:
     return chat_pb2.ChatRequest(
         model="smollm2-135m",
         messages=[
-            chat_pb2.Message(role=chat_pb2.ROLE_SYSTEM, content=[chat_pb2.ContentPart(text="Be brief.")]),
+            chat_pb2.Message(
+                role=chat_pb2.ROLE_SYSTEM, content=[chat_pb2.ContentPart(text="Be brief.")]
+            ),
             chat_pb2.Message(
                 role=chat_pb2.ROLE_USER,
                 name="ada",
@@ -158,8 +160,11 @@ def _every_event() -> list[events_pb2.StreamEvent]:
     return [
         events_pb2.StreamEvent(
             generation_start=events_pb2.GenerationStart(
-                request_id="r-1", model="smollm2-135m", created=created,
-                role=chat_pb2.ROLE_ASSISTANT, prompt_tokens=0,
+                request_id="r-1",
+                model="smollm2-135m",
+                created=created,
+                role=chat_pb2.ROLE_ASSISTANT,
+                prompt_tokens=0,
             )
         ),
         events_pb2.StreamEvent(sequence_start=events_pb2.SequenceStart(index=0)),
@@ -170,7 +175,8 @@ def _every_event() -> list[events_pb2.StreamEvent]:
                 token_ids=[0, 19556],
                 logprobs=[
                     events_pb2.TokenLogprob(
-                        token="Hello", logprob=-0.25,
+                        token="Hello",
+                        logprob=-0.25,
                         top_logprobs=[events_pb2.TopLogprob(token="Hi", logprob=-1.5)],
                     )
                 ],
@@ -186,21 +192,28 @@ def _every_event() -> list[events_pb2.StreamEvent]:
             sequence_delta=events_pb2.SequenceDelta(
                 index=0,
                 tool_call=events_pb2.ToolCallDelta(
-                    tool_call_index=0, id="call_1", name="get_weather", arguments='{"ci',
+                    tool_call_index=0,
+                    id="call_1",
+                    name="get_weather",
+                    arguments='{"ci',
                     provider_metadata=_struct({"gemini": {"thoughtSignature": "x"}}),
                 ),
             )
         ),
         events_pb2.StreamEvent(
             sequence_finish=events_pb2.SequenceFinish(
-                index=0, reason=events_pb2.FINISH_REASON_STOP, stop_sequence="END",
+                index=0,
+                reason=events_pb2.FINISH_REASON_STOP,
+                stop_sequence="END",
                 cumulative_logprob=-3.5,
             )
         ),
         events_pb2.StreamEvent(
             error=events_pb2.StreamError(
-                code=events_pb2.ERROR_CODE_IDLE_TIMEOUT, message="no chunk for 30s",
-                retryable=True, sequence_index=0,
+                code=events_pb2.ERROR_CODE_IDLE_TIMEOUT,
+                message="no chunk for 30s",
+                retryable=True,
+                sequence_index=0,
             )
         ),
         events_pb2.StreamEvent(
@@ -226,7 +239,9 @@ def test_every_event_round_trips_through_its_sse_form(event: events_pb2.StreamEv
 def test_every_event_kind_is_covered() -> None:
     kinds = {event.WhichOneof("event") for event in _every_event()}
     assert kinds == set(json_form.EVENT_NAMES)
-    deltas = {e.sequence_delta.WhichOneof("delta") for e in _every_event() if e.HasField("sequence_delta")}
+    deltas = {
+        e.sequence_delta.WhichOneof("delta") for e in _every_event() if e.HasField("sequence_delta")
+    }
     assert deltas == {"text", "reasoning", "refusal", "tool_call"}
 
 
@@ -245,11 +260,15 @@ def test_event_names_follow_the_design() -> None:
     assert names[0] == "generation.start"
     assert names[-1] == "generation.finish"
     assert set(names) == {
-        "generation.start", "sequence.start", "sequence.delta", "sequence.finish",
-        "generation.finish", "error",
+        "generation.start",
+        "sequence.start",
+        "sequence.delta",
+        "sequence.finish",
+        "generation.finish",
+        "error",
     }
 
 
 def test_an_unknown_event_name_is_rejected() -> None:
-    with pytest.raises(json_form.InvalidJson, match="sequence.middle"):
+    with pytest.raises(json_form.InvalidJson, match=r"sequence\.middle"):
         json_form.event_from_sse("sequence.middle", "{}")

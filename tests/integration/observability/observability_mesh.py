@@ -1,0 +1,318 @@
+"""The mesh of the observability tests, all in this process: scheduler, workers, gateway.
+
+Everything runs on the test's event loop so that one in-memory span exporter sees the spans
+of all three services, while the trace context still has to cross the real boundaries: HTTP
+into the gateway, gRPC metadata to the scheduler, AMQP headers through RabbitMQ to the
+worker (whose consumer runs in aio-pika's tasks, which never inherit the scheduler's
+context). Workers are the real `WorkerService` with the synthetic engine.
+
+Tests import the helpers from here (a unique module name: test directories are not
+packages); `conftest.py` registers the fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from llmmesh.v1 import chat_pb2, events_pb2
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import create_app
+from gateway.routing import ModelRoute, RoutingTable
+from gateway.settings import GatewaySettings
+from plumbing.client import SchedulerClient
+from plumbing.keystore import Keystore
+from plumbing.settings import MeshSettings
+from plumbing.telemetry import use_tracer_provider
+from plumbing.topology import Topology
+from scheduler.server import SchedulerServer
+from scheduler.settings import Settings as SchedulerSettings
+from worker.engine_protocol import ModelCard
+from worker.service import WorkerService
+from worker.settings import Settings as WorkerSettings
+from worker.synthetic import SyntheticEngine
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+#: Bound of every wait in these tests.
+WAIT_TIMEOUT = 15.0
+POLL_INTERVAL = 0.05
+
+
+def chat(
+    model: str, prompt: str = "hello observability", **parameters: Any
+) -> chat_pb2.ChatRequest:
+    """A one-message request."""
+    return chat_pb2.ChatRequest(
+        model=model,
+        messages=[
+            chat_pb2.Message(role=chat_pb2.ROLE_USER, content=[chat_pb2.ContentPart(text=prompt)])
+        ],
+        generation_parameters=chat_pb2.GenerationParameters(**parameters),
+    )
+
+
+async def collect(events: AsyncIterator[events_pb2.StreamEvent]) -> list[events_pb2.StreamEvent]:
+    """Every event of a stream."""
+    return [event async for event in events]
+
+
+async def wait_until(predicate: Callable[[], Any]) -> None:
+    """Polls a state that has no event to await (another server's /metrics, the broker),
+    within `WAIT_TIMEOUT`."""
+    async with asyncio.timeout(WAIT_TIMEOUT):
+        while True:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return
+            await asyncio.sleep(POLL_INTERVAL)
+
+
+async def scrape(port: int) -> dict[str, float]:
+    """Every sample of a service's /metrics: `name{label="value",...}` → value."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    response.raise_for_status()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+@dataclass
+class RunningWorker:
+    """A `WorkerService` running as a task of the test's loop."""
+
+    service: WorkerService
+    task: asyncio.Task[None]
+    stopping: asyncio.Event
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            await asyncio.wait([self.task])
+        self.task.result()
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers (the test runner keeps them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass
+class RunningGateway:
+    """The gateway app on uvicorn (a real socket), and an API key for it."""
+
+    url: str
+    api_key: str
+    key_id: str
+    server: _QuietServer
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            await self.task
+
+
+@dataclass
+class Mesh:
+    """What one test started, under the module's broker prefix; `aclose` stops it all."""
+
+    prefix: str
+    data_dir: Path
+    schedulers: list[SchedulerServer] = field(default_factory=list)
+    workers: list[RunningWorker] = field(default_factory=list)
+    clients: list[SchedulerClient] = field(default_factory=list)
+    gateways: list[RunningGateway] = field(default_factory=list)
+    keystores: list[Keystore] = field(default_factory=list)
+
+    @property
+    def mesh_settings(self) -> MeshSettings:
+        return MeshSettings(amqp_url=AMQP_URL, broker_prefix=self.prefix, data_dir=self.data_dir)
+
+    async def start_scheduler(self, **settings: Any) -> SchedulerServer:
+        """An in-process replica on free ports, polling queues every 0.1 s."""
+        options: dict[str, Any] = {
+            "grpc_bind": "127.0.0.1:0",
+            "http_bind": "127.0.0.1:0",
+            "discovery_period": 0,
+            # Heartbeats every 0.25 s: a busy machine must not expire a live worker.
+            "missed_heartbeats": 8,
+            "grace_period": 1,
+            "require_api_keys": False,
+            "queue_poll_interval": 0.1,
+        }
+        options.update(settings)
+        scheduler = SchedulerServer(SchedulerSettings(mesh=self.mesh_settings, **options))
+        await scheduler.start()
+        self.schedulers.append(scheduler)
+        return scheduler
+
+    def client(self, scheduler: SchedulerServer) -> SchedulerClient:
+        client = SchedulerClient(f"127.0.0.1:{scheduler.port}")
+        self.clients.append(client)
+        return client
+
+    async def start_worker(
+        self, model: str, scheduler: SchedulerServer, **settings: Any
+    ) -> RunningWorker:
+        """An in-process synthetic worker; returns once `scheduler` saw it ready."""
+        options: dict[str, Any] = {
+            "engine": "synthetic",
+            "model": model,
+            "http_bind": "127.0.0.1:0",
+            "heartbeat_interval": 0.25,
+            "grace_period": 1,
+            "capacity": 4,
+            "synthetic_tokens": 8,
+            "synthetic_token_interval": 0.005,
+        }
+        options.update(settings)
+        worker_settings = WorkerSettings(mesh=self.mesh_settings, **options)
+        engine = SyntheticEngine(
+            ModelCard(name=model, max_context=2048, supports_tools=False),
+            tokens=worker_settings.synthetic_tokens,
+            token_interval=worker_settings.synthetic_token_interval,
+            hang_after=worker_settings.synthetic_hang_after,
+        )
+        service = WorkerService(worker_settings, engine)
+        stopping = asyncio.Event()
+        worker = RunningWorker(service, asyncio.create_task(service.run(stopping)), stopping)
+        self.workers.append(worker)
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            await scheduler.registry.wait_for(
+                lambda registry: any(
+                    beat.worker_id == service.worker_id and beat.ready
+                    for beat in registry.workers()
+                )
+            )
+        return worker
+
+    async def start_gateway(self, scheduler: SchedulerServer, models: list[str]) -> RunningGateway:
+        """The gateway in front of `scheduler`, routing `models` to it, with a fresh key."""
+        keystore = Keystore.from_settings(self.mesh_settings)
+        self.keystores.append(keystore)
+        api_key, record = keystore.create_key("observability")
+        settings = GatewaySettings(
+            mesh=self.mesh_settings, scheduler_targets=[f"127.0.0.1:{scheduler.port}"]
+        )
+        app = create_app(
+            settings,
+            routing=RoutingTable({model: ModelRoute(backend="self_hosted") for model in models}),
+            keystore=keystore,
+        )
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        server = _QuietServer(
+            uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
+        )
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        await wait_until(lambda: server.started or task.done())
+        gateway = RunningGateway(f"http://127.0.0.1:{port}", api_key, record.key_id, server, task)
+        self.gateways.append(gateway)
+        return gateway
+
+    async def declare_model_queue(self, model: str) -> None:
+        """Declares a model's task queue, as a worker that has since gone would have."""
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            await Topology(self.prefix).declare_task_queue(await connection.channel(), model)
+
+    async def aclose(self) -> None:
+        for gateway in self.gateways:
+            await gateway.stop()
+        for client in self.clients:
+            await client.aclose()
+        for worker in self.workers:
+            if not worker.task.done():
+                await worker.stop()
+        for scheduler in self.schedulers:
+            await scheduler.stop(grace=0)
+        for keystore in self.keystores:
+            keystore.close()
+
+
+async def delete_prefix(prefix: str) -> None:
+    """Deletes every queue and exchange under `prefix` (rabbitmqctl lists them)."""
+    names: dict[str, set[str]] = {}
+    for command in ("list_queues", "list_exchanges"):
+        process = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            command,
+            "name",
+            "--quiet",
+            "--no-table-headers",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            stdout, stderr = await process.communicate()
+        assert process.returncode == 0, stderr.decode()
+        names[command] = {
+            line.strip() for line in stdout.decode().splitlines() if line.startswith(prefix)
+        }
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for name in names["list_queues"]:
+            await channel.queue_delete(name, if_unused=False, if_empty=False)
+        for name in names["list_exchanges"]:
+            await channel.exchange_delete(name)
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on, into memory, for the servers and clients the module builds."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    use_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        use_tracer_provider(None)
+        provider.shutdown()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def prefix() -> AsyncIterator[str]:
+    """The module's broker prefix; everything under it is deleted at the end."""
+    name = f"test-{uuid.uuid4().hex[:8]}."
+    yield name
+    await delete_prefix(name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def mesh(prefix: str, spans: InMemorySpanExporter, tmp_path: Path) -> AsyncIterator[Mesh]:
+    """A test's own mesh (with tracing on); stopped at the end of the test."""
+    spans.clear()
+    mesh = Mesh(prefix, tmp_path)
+    try:
+        yield mesh
+    finally:
+        await mesh.aclose()
