@@ -35,6 +35,7 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from google.protobuf.message import DecodeError
@@ -60,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 #: The header counting how many times a task was handed to a worker.
 ATTEMPT_HEADER: Final = "x-attempt"
+#: How long a redelivered task waits for the publishing channel to be restored.
+_CHANNEL_RESTORE_TIMEOUT: Final = 10.0
 
 
 class AbortReason(enum.Enum):
@@ -146,6 +149,7 @@ class TaskConsumer:
         self._consumer_tag: str | None = None
         self._replies: AbstractExchange | None = None
         self._tasks: AbstractExchange | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
 
     @property
     def consuming(self) -> bool:
@@ -162,6 +166,7 @@ class TaskConsumer:
         publish_channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
+        self._publish_channel = publish_channel
         self._replies = publish_channel.default_exchange
         self._tasks = await self._topology.declare_tasks_exchange(publish_channel)
         consume_channel: AbstractChannel = await self._connection.channel()
@@ -267,7 +272,11 @@ class TaskConsumer:
         if attempt >= self._settings.max_attempts:
             self._metrics.tasks_dead_lettered.inc()
             raise _Unprocessable(f"delivered {attempt} times; it may be killing workers")
-        assert self._tasks is not None
+        assert self._tasks is not None and self._publish_channel is not None
+        # After a reconnection the broker redelivers on the restored consume channel while
+        # this one may still be reopening: wait for it rather than fail the task.
+        async with asyncio.timeout(_CHANNEL_RESTORE_TIMEOUT):
+            await self._publish_channel.ready()
         expiration = None
         if task.HasField("queue_deadline"):
             expiration = max(task.queue_deadline.ToNanoseconds() - time.time_ns(), 1) / 1e9

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import signal
@@ -38,6 +37,7 @@ __all__ = [
     "Service",
     "chat",
     "kinds",
+    "sample_sum",
     "wait_until",
 ]
 
@@ -134,8 +134,8 @@ class Service:
         return samples
 
     async def metric(self, name: str) -> float:
-        """One sample (0 when absent), e.g. `llm_mesh_worker_tasks_started_total`."""
-        return (await self.metrics()).get(name, 0.0)
+        """The sum of the samples `name` selects (see `sample_sum`)."""
+        return sample_sum(await self.metrics(), name)
 
     async def wait_metric(
         self, name: str, predicate: Callable[[float], bool], *, within: float = WAIT_TIMEOUT
@@ -202,6 +202,22 @@ class Service:
                 await asyncio.sleep(_POLL_INTERVAL)
         if self._drain is not None:
             await asyncio.wait([self._drain])
+
+
+def sample_sum(samples: Mapping[str, float], selector: str) -> float:
+    """The sum of the samples a selector names (0 when none): `name` alone sums every label
+    set, `name{label="value",...}` those that have these labels (and maybe others)."""
+    base, _, wanted_labels = selector.partition("{")
+    wanted = set(_LABEL.findall(wanted_labels))
+    total = 0.0
+    for sample, value in samples.items():
+        name, _, labels = sample.partition("{")
+        if name == base and wanted <= set(_LABEL.findall(labels)):
+            total += value
+    return total
+
+
+_LABEL: Final = re.compile(r'\w+="[^"]*"')
 
 
 def _members(group: int) -> list[psutil.Process]:
@@ -472,53 +488,3 @@ class FaultMesh:
         )
         self.services.append(service)
         return service
-
-
-@dataclass
-class SseEvent:
-    """One server-sent event of the native API: its name and JSON data."""
-
-    event: str
-    data: dict[str, Any]
-
-
-def native_body(model: str, prompt: str = "hello mesh", **parameters: Any) -> dict[str, Any]:
-    """A streamed `/v1/generate` body."""
-    return {
-        "model": model,
-        "messages": [{"role": "ROLE_USER", "content": [{"text": prompt}]}],
-        "generation_parameters": parameters,
-        "stream": True,
-    }
-
-
-async def stream_native(
-    gateway: Service,
-    api_key: str,
-    body: Mapping[str, Any],
-    *,
-    on_event: Callable[[SseEvent], None] = lambda event: None,
-) -> tuple[int, list[SseEvent]]:
-    """POSTs a streamed `/v1/generate`; returns the status and every event, as they came.
-
-    `on_event` sees each event as it arrives (tests set an `asyncio.Event` from it).
-    """
-    events: list[SseEvent] = []
-    async with httpx.AsyncClient(
-        base_url=gateway.http_url,
-        headers={"authorization": f"Bearer {api_key}"},
-        timeout=httpx.Timeout(30.0),
-    ) as http:
-        async with http.stream("POST", "/v1/generate", json=dict(body)) as response:
-            if response.status_code != 200:
-                await response.aread()
-                return response.status_code, events
-            name = ""
-            async for line in response.aiter_lines():
-                if line.startswith("event:"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    event = SseEvent(name, json.loads(line.split(":", 1)[1]))
-                    events.append(event)
-                    on_event(event)
-            return response.status_code, events

@@ -21,15 +21,8 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from fault_mesh import (
-    FaultMesh,
-    Service,
-    SseEvent,
-    chat,
-    native_body,
-    stream_native,
-    wait_until,
-)
+from edge_client import SseEvent, native_body, stream_native
+from fault_mesh import FaultMesh, Service, chat, sample_sum, wait_until
 from private_broker import PrivateBroker
 
 pytestmark = [
@@ -208,9 +201,8 @@ async def _run_outage(mesh: FaultMesh, broker: PrivateBroker) -> Outage:
     assert "error" not in [e.event for e in events]
     observed.recovered_after = time.monotonic() - back
     observed.queues_after = await broker.queue_names()
-    await busy.wait_metric(
-        REQUESTER_GONE, lambda v: v >= observed.orphans_before.get(REQUESTER_GONE, 0) + 1 + ORPHANED
-    )
+    gone_before = sample_sum(observed.orphans_before, REQUESTER_GONE)
+    await busy.wait_metric(REQUESTER_GONE, lambda v: v >= gone_before + 1 + ORPHANED)
     await busy.wait_metric("llm_mesh_worker_running_tasks", lambda v: v == 0)
     observed.orphans_after = await busy.metrics()
     observed.orphans_depth_after = await _depth(broker, mesh.topology.task_queue(ORPHANS))
@@ -293,7 +285,7 @@ async def test_tasks_whose_requester_is_gone_are_dropped_at_the_first_unroutable
     before, after = outage.orphans_before, outage.orphans_after
 
     def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
+        return sample_sum(after, name) - sample_sum(before, name)
 
     assert delta(REQUESTER_GONE) == 1 + ORPHANED
     assert delta("llm_mesh_worker_chunks_published_total") == 0

@@ -20,7 +20,8 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from fault_mesh import FaultMesh, Service, chat, native_body
+from edge_client import native_body
+from fault_mesh import FaultMesh, Service, chat
 from llmmesh.v1 import chat_pb2, events_pb2
 
 from plumbing.client import SchedulerClient

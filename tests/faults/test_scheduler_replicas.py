@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from fault_mesh import FaultMesh, Service, SseEvent, native_body, stream_native, wait_until
+from edge_client import SseEvent, native_body, stream_native
+from fault_mesh import FaultMesh, Service, wait_until
 
 from plumbing.client import HEALTH_CHECK_INTERVAL
 

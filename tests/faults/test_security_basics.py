@@ -24,7 +24,8 @@ import httpx
 import psutil
 import pytest
 import pytest_asyncio
-from fault_mesh import FaultMesh, Service, chat, native_body, stream_native
+from edge_client import native_body, stream_native
+from fault_mesh import FaultMesh, Service, chat
 
 from gateway.settings import GatewaySettings
 from plumbing.client import SchedulerClient

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
-from fault_mesh import FaultMesh, Service, native_body, stream_native
+from edge_client import native_body, stream_native
+from fault_mesh import FaultMesh, Service
 from stalled_client import StalledClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -61,7 +61,7 @@ async def _generate(
     client: SchedulerClient, model: str, *, max_tokens: int
 ) -> list[events_pb2.StreamEvent]:
     """A stream of exactly `max_tokens` tokens (`ignore_eos`)."""
-    request = chat(model=model, max_tokens=max_tokens)
+    request = chat(model=model, max_tokens=max_tokens, ignore_eos=True)
     return [event async for event in client.generate(request)]
 
 

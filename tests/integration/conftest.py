@@ -41,13 +41,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "vllm_worker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.vllm)
         elif item.get_closest_marker("vllm") is not None:
-            own_engine.add(_module_of(item))
-    # A stable partition: each module's tests stay together and in order.
-    items[:] = sorted(items, key=lambda item: _module_of(item) not in own_engine)
+            own_engine.add(_directory_of(item))
+    # A stable partition by directory: a package-scoped engine (tests/quality) is torn down
+    # only once every test of its package has run, so its whole directory moves together.
+    items[:] = sorted(items, key=lambda item: _directory_of(item) not in own_engine)
 
 
-def _module_of(item: pytest.Item) -> str:
-    return item.nodeid.split("::", 1)[0]
+def _directory_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0].rsplit("/", 1)[0]
 
 
 @pytest.fixture(scope="session")
