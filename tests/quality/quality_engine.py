@@ -4,9 +4,9 @@
 name: test directories are not packages).
 
 One in-process `VllmEngine` (SmolLM2-135M, the production defaults: bf16 on CPUs with
-AVX-512 BF16) serves the whole `tests/quality` package: loading takes ~20 s on two cores, and
-the gates stay under two minutes only with one load (plus the one restart of the determinism
-gate). `EngineHost.restart()` closes it and loads a fresh one — sequentially, never two at once.
+AVX-512 BF16) per test module (loading takes ~20 s on two cores), closed at the module's end
+so that it never runs beside the integration suite's shared worker. `EngineHost.restart()`
+closes it and loads a fresh one — sequentially, never two at once.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def vllm_engines() -> list[psutil.Process]:
 
 
 class EngineHost:
-    """The package's engine; `restart()` replaces it by a freshly loaded one."""
+    """The module's engine; `restart()` replaces it by a freshly loaded one."""
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = model_dir
@@ -163,7 +163,10 @@ def quality_model_dir(
     return prepare_packaged_model(data_dir)
 
 
-@pytest_asyncio.fixture(scope="package", loop_scope="session")
+# Module scope: tests/quality is a directory, not a package, and pytest keeps "package"
+# fixtures of a plain directory until the session ends, which would leave this engine running
+# beside the integration suite's shared vLLM worker.
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def engine_host(quality_model_dir: Path) -> AsyncIterator[EngineHost]:
     host = EngineHost(quality_model_dir)
     await host.start()
@@ -175,5 +178,5 @@ async def engine_host(quality_model_dir: Path) -> AsyncIterator[EngineHost]:
 
 @pytest.fixture
 def engine(engine_host: EngineHost) -> VllmEngine:
-    """The package's engine as it is now (after any restart)."""
+    """The module's engine as it is now (after any restart)."""
     return engine_host.engine

@@ -69,6 +69,7 @@ async def scheduler(mesh: Mesh, s3_server: S3Server, payload_bucket: str) -> Sch
         payload_bucket=payload_bucket,
         max_request_bytes=32 * 1024 * 1024,
         queue_timeout=20,
+        max_n=64,  # the long-output test asks for 64 sequences at once
     )
 
 
