@@ -57,7 +57,7 @@ from gateway.providers.extensions import merge_extensions
 from gateway.providers.gemini_schema import gemini_schema
 from gateway.providers.parameters import (
     budget,
-    decimal,
+    copy_parameters,
     refuse_unsupported,
     tool_call_arguments,
 )
@@ -216,22 +216,22 @@ def _contents(request: chat_pb2.ChatRequest) -> tuple[list[dict[str, Any]], list
 def _generation_config(request: chat_pb2.ChatRequest) -> dict[str, Any]:
     params = request.generation_parameters
     config: dict[str, Any] = {}
-    for field, key in (
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-    ):
-        if params.HasField(field):
-            config[key] = decimal(getattr(params, field))
-    for field, key in (
-        ("top_k", "topK"),
-        ("max_tokens", "maxOutputTokens"),
-        ("n", "candidateCount"),
-        ("seed", "seed"),
-    ):
-        if params.HasField(field):
-            config[key] = getattr(params, field)
+    copy_parameters(
+        params,
+        config,
+        floats=(
+            ("temperature", "temperature"),
+            ("top_p", "topP"),
+            ("presence_penalty", "presencePenalty"),
+            ("frequency_penalty", "frequencyPenalty"),
+        ),
+        exact=(
+            ("top_k", "topK"),
+            ("max_tokens", "maxOutputTokens"),
+            ("n", "candidateCount"),
+            ("seed", "seed"),
+        ),
+    )
     if params.stop:
         config["stopSequences"] = list(params.stop)
     output = params.structured_output

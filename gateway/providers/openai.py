@@ -37,7 +37,11 @@ from gateway.providers.errors import (
     error_for_status,
 )
 from gateway.providers.extensions import merge_extensions
-from gateway.providers.parameters import budget, decimal, refuse_unsupported
+from gateway.providers.parameters import (
+    budget,
+    copy_parameters,
+    refuse_unsupported,
+)
 from gateway.providers.sse import ServerSentEvent
 from gateway.providers.stream_builder import MalformedStream, StreamBuilder
 from gateway.providers.structs import struct_to_json
@@ -172,23 +176,23 @@ def request_body(request: chat_pb2.ChatRequest, config: ProviderConfig) -> dict[
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    for field, key in (
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("presence_penalty", "presence_penalty"),
-        ("frequency_penalty", "frequency_penalty"),
-    ):
-        if params.HasField(field):
-            body[key] = decimal(getattr(params, field))
-    for field, key in (
-        ("max_tokens", "max_completion_tokens"),
-        ("n", "n"),
-        ("seed", "seed"),
-        ("logprobs", "logprobs"),
-        ("top_logprobs", "top_logprobs"),
-    ):
-        if params.HasField(field):
-            body[key] = getattr(params, field)
+    copy_parameters(
+        params,
+        body,
+        floats=(
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("presence_penalty", "presence_penalty"),
+            ("frequency_penalty", "frequency_penalty"),
+        ),
+        exact=(
+            ("max_tokens", "max_completion_tokens"),
+            ("n", "n"),
+            ("seed", "seed"),
+            ("logprobs", "logprobs"),
+            ("top_logprobs", "top_logprobs"),
+        ),
+    )
     if params.stop:
         body["stop"] = list(params.stop)
     response_format = _response_format(params.structured_output)

@@ -16,7 +16,7 @@ from llmmesh.v1 import chat_pb2
 
 from gateway.providers.errors import InvalidRequest
 
-__all__ = ["budget", "decimal", "refuse_unsupported", "tool_call_arguments"]
+__all__ = ["budget", "copy_parameters", "decimal", "refuse_unsupported", "tool_call_arguments"]
 
 
 def decimal(value: float) -> float:
@@ -89,3 +89,23 @@ def tool_call_arguments(call: chat_pb2.ToolCall, provider: str) -> dict[str, Any
             field="messages.tool_calls.arguments",
         )
     return value
+
+
+def copy_parameters(
+    params: chat_pb2.GenerationParameters,
+    target: dict[str, Any],
+    *,
+    floats: Iterable[tuple[str, str]] = (),
+    exact: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Copies each set parameter into `target` under the provider's key.
+
+    `floats` are (canonical field, provider key) pairs written as the decimal the client wrote
+    (see `decimal`); `exact` pairs are copied as they are. Unset parameters are left out.
+    """
+    for field, key in floats:
+        if params.HasField(field):
+            target[key] = decimal(getattr(params, field))
+    for field, key in exact:
+        if params.HasField(field):
+            target[key] = getattr(params, field)

@@ -129,9 +129,7 @@ class Upstream:
                     write=config.read_timeout,
                     pool=config.connect_timeout,
                 ),
-                limits=httpx.Limits(
-                    max_connections=per_shard, max_keepalive_connections=per_shard
-                ),
+                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
                 transport=transport,
             )
             for _ in range(shards)
