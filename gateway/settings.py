@@ -8,17 +8,16 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from plumbing.settings import MeshSettings
+from plumbing.settings import PositiveSeconds, Seconds, ServiceSettingsBase
 
 __all__ = ["GatewaySettings"]
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ServiceSettingsBase, BaseSettings):
     """Everything `llm-mesh gateway` needs; build once in `main()`, tests build it directly."""
 
     model_config = SettingsConfigDict(env_prefix="LLM_MESH_GATEWAY_", extra="ignore")
 
-    mesh: MeshSettings = Field(default_factory=MeshSettings, description="Shared settings.")
     host: str = Field(default="127.0.0.1", description="Listen address.")
     port: int = Field(default=8080, ge=0, le=65535, description="Listen port (0 = any free).")
     scheduler_targets: Annotated[list[str], NoDecode] = Field(
@@ -30,27 +29,26 @@ class GatewaySettings(BaseSettings):
         description="The gateway's API key for the scheduler (a service key): its calls are "
         "metered by the gateway only.",
     )
-    key_cache_ttl: float = Field(
+    key_cache_ttl: Seconds = Field(
         default=10.0,
-        ge=0,
         description="Seconds a verified API key is trusted without asking the database again "
         "(a revoked key works this long at most); 0 = ask every time.",
     )
-    total_timeout: float = Field(
-        default=600.0, gt=0, description="Cap of a request's total budget, seconds (gRPC deadline)."
+    total_timeout: PositiveSeconds = Field(
+        default=600.0, description="Cap of a request's total budget, seconds (gRPC deadline)."
     )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest accepted request body, bytes."
     )
     max_n: int = Field(default=8, ge=1, description="Largest `n` (sequences per request).")
-    sse_send_timeout: float = Field(
-        default=30.0, gt=0, description="A client that does not read for this long is cut off."
+    sse_send_timeout: PositiveSeconds = Field(
+        default=30.0, description="A client that does not read for this long is cut off."
     )
-    ping_interval: float = Field(
-        default=15.0, gt=0, description="SSE keep-alive comment interval once headers are out."
+    ping_interval: PositiveSeconds = Field(
+        default=15.0, description="SSE keep-alive comment interval once headers are out."
     )
-    shutdown_grace: float = Field(
-        default=10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown."
+    shutdown_grace: Seconds = Field(
+        default=10.0, description="Seconds in-flight requests get to finish on shutdown."
     )
     tls_certfile: Path | None = Field(default=None, description="TLS certificate (PEM).")
     tls_keyfile: Path | None = Field(default=None, description="TLS private key (PEM).")
@@ -66,6 +64,10 @@ class GatewaySettings(BaseSettings):
     def _tls_pair(self) -> GatewaySettings:
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("tls_certfile and tls_keyfile must be set together")
+        return self
+
+    @model_validator(mode="after")
+    def _some_scheduler(self) -> GatewaySettings:
         if not self.scheduler_targets:
             raise ValueError("scheduler_targets must name at least one scheduler")
         return self

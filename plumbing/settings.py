@@ -1,16 +1,30 @@
-"""Settings every service shares (`LLM_MESH_*`). Each service's own `Settings` nests these.
+"""Settings every service shares (`LLM_MESH_*`), and the building blocks of each service's own.
 
+Each service's `Settings` derives from `ServiceSettingsBase`, which nests the shared ones as
+`mesh`, and types its fields with the shapes below: durations in seconds and the probes' HTTP
+address.
 Build settings once in `main()` and pass them down; tests build them directly.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["MeshSettings"]
+__all__ = ["MeshSettings", "PositiveSeconds", "ProbeBind", "Seconds", "ServiceSettingsBase"]
+
+#: A duration in seconds, more than zero: timeouts, intervals, lifetimes.
+PositiveSeconds = Annotated[float, Field(gt=0)]
+#: A duration in seconds, zero allowed: grace periods, delays, coalescing windows.
+Seconds = Annotated[float, Field(ge=0)]
+#: A service's HTTP address for its probes and metrics (`plumbing.probes.parse_bind` reads it).
+ProbeBind = Annotated[
+    str,
+    Field(description="HTTP address of /healthz, /readyz and /metrics; port 0 picks a free port."),
+]
 
 
 def _default_data_dir() -> Path:
@@ -32,7 +46,8 @@ class MeshSettings(BaseSettings):
     )
     data_dir: Path = Field(
         default_factory=_default_data_dir,
-        description="Model cache and local state (the SQLite database by default).",
+        description="Model cache and local state: the SQLite keys and usage database (unless "
+        "database_url is set); under `llm-mesh up` also its SeaweedFS data and dev key.",
     )
     database_url: str = Field(
         default="",
@@ -45,3 +60,11 @@ class MeshSettings(BaseSettings):
     s3_access_key: str = Field(default="", description="S3 access key.")
     s3_secret_key: SecretStr = Field(default=SecretStr(""), description="S3 secret key.")
     s3_secure: bool = Field(default=False, description="Use TLS to reach S3.")
+
+
+class ServiceSettingsBase(BaseModel):
+    """The first base of each service's `Settings(ServiceSettingsBase, BaseSettings)`, which
+    sets its own `env_prefix`: the shared settings, nested as `mesh` and read from their own
+    `LLM_MESH_*` variables. A plain model, not a settings class: it reads no variables itself."""
+
+    mesh: MeshSettings = Field(default_factory=MeshSettings, description="Shared settings.")

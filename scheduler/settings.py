@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, HttpUrl, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plumbing.object_store import DEFAULT_PAYLOAD_BUCKET
-from plumbing.settings import MeshSettings
+from plumbing.settings import PositiveSeconds, ProbeBind, Seconds, ServiceSettingsBase
 
 __all__ = ["Settings"]
 
 
-class Settings(BaseSettings):
+class Settings(ServiceSettingsBase, BaseSettings):
     """Everything one scheduler replica reads; build it once in `main()` and pass it down.
 
     Timeouts are in seconds and follow DESIGN.md: `queue` until a worker accepts the task
@@ -26,19 +26,24 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LLM_MESH_SCHEDULER_", extra="ignore")
 
-    mesh: MeshSettings = Field(default_factory=MeshSettings)
     grpc_bind: str = Field(
         default="127.0.0.1:50051", description="gRPC listen address; port 0 picks a free port."
     )
-    http_bind: str = Field(
-        default="127.0.0.1:9101",
-        description="HTTP address of /healthz, /readyz and /metrics; port 0 picks a free port.",
+    http_bind: ProbeBind = "127.0.0.1:9101"
+    queue_timeout: PositiveSeconds = Field(
+        default=30.0,
+        description="`queue` timeout: until a worker accepts the task (also its message "
+        "expiration); past it the request fails (the gateway's 504).",
     )
-    queue_timeout: float = Field(default=30.0, gt=0, description="`queue` timeout.")
-    first_token_timeout: float = Field(default=60.0, gt=0, description="`first_token` timeout.")
-    idle_timeout: float = Field(default=30.0, gt=0, description="`idle` timeout.")
-    total_timeout: float = Field(
-        default=600.0, gt=0, description="`total` timeout: the cap of any request's budget."
+    first_token_timeout: PositiveSeconds = Field(
+        default=60.0,
+        description="`first_token` timeout: from the worker's acceptance to the first token.",
+    )
+    idle_timeout: PositiveSeconds = Field(
+        default=30.0, description="`idle` timeout: the longest gap between two chunks."
+    )
+    total_timeout: PositiveSeconds = Field(
+        default=600.0, description="`total` timeout: the cap of any request's budget."
     )
     max_n: int = Field(
         default=8,
@@ -55,26 +60,37 @@ class Settings(BaseSettings):
     demux_queue_size: int = Field(
         default=256, ge=1, description="Chunks buffered per request before a slow reader fails."
     )
-    grace_period: float = Field(
-        default=10.0, ge=0, description="How long in-flight streams may finish on shutdown."
+    grace_period: Seconds = Field(
+        default=10.0, description="How long in-flight streams may finish on shutdown."
     )
     missed_heartbeats: float = Field(
         default=3.0, gt=1, description="A worker is gone after this many heartbeat intervals."
     )
-    discovery_period: float = Field(
+    discovery_period: Seconds = Field(
         default=5.0,
-        ge=0,
         description="After start, how long the registry listens before it fails requests fast "
         "for models without a live worker.",
     )
-    registry_sweep_interval: float = Field(
-        default=0.25, gt=0, description="How often expired workers are looked for."
+    registry_sweep_interval: PositiveSeconds = Field(
+        default=0.25, description="How often expired workers are looked for."
     )
-    queue_poll_interval: float = Field(
+    queue_poll_interval: PositiveSeconds = Field(
         default=2.0,
-        gt=0,
         description="How often each model's task queue is polled on the broker for its depth "
-        "and consumers (the `llm_mesh_queue_*` gauges).",
+        "and consumers (the `llm_mesh_scheduler_queue_messages`, "
+        "`llm_mesh_scheduler_queue_messages_unacknowledged` and "
+        "`llm_mesh_scheduler_queue_consumers` gauges).",
+    )
+    broker_management_url: HttpUrl | None = Field(
+        default=None,
+        description="RabbitMQ's management HTTP API (the `rabbitmq_management` plugin), e.g. "
+        "`http://127.0.0.1:15672/`. When set, the queue gauges come from it and include the "
+        "unacknowledged messages (tasks workers are running); when unset, a passive declare "
+        "counts the ready messages and consumers only. Its user and password come from this "
+        "URL, else from the AMQP URL (the user needs a management tag: `monitoring` or above).",
+    )
+    broker_management_timeout: PositiveSeconds = Field(
+        default=5.0, description="Connect and read timeout of the management API calls."
     )
     require_api_keys: bool = Field(
         default=True,
@@ -95,14 +111,13 @@ class Settings(BaseSettings):
     payload_bucket: str = Field(
         default=DEFAULT_PAYLOAD_BUCKET, description="The bucket of stored request bodies."
     )
-    payload_ttl: float = Field(
+    payload_ttl: PositiveSeconds = Field(
         default=3600.0,
-        gt=0,
         description="Stored request bodies older than this are leftovers of crashed replicas "
         "(every request ends within `total_timeout`) and are swept; must exceed it.",
     )
-    payload_sweep_interval: float = Field(
-        default=600.0, gt=0, description="How often the payload bucket is swept of leftovers."
+    payload_sweep_interval: PositiveSeconds = Field(
+        default=600.0, description="How often the payload bucket is swept of leftovers."
     )
 
     @model_validator(mode="after")

@@ -1,7 +1,8 @@
 """The one small interface between the worker's consumer and an inference engine.
 
-`worker/engine.py` implements it with vLLM (the only module that imports vLLM);
-`worker/synthetic.py` with a deterministic fixed-rate engine for benchmarks and fault tests.
+`worker/engine.py` implements it with vLLM (only it and the `worker/vllm_*.py` modules it uses
+import vLLM); `worker/synthetic.py` with a deterministic fixed-rate engine for benchmarks and
+fault tests.
 """
 
 from __future__ import annotations

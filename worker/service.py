@@ -4,9 +4,12 @@ Start: connect → serve the probes (`/healthz` at once, `/readyz` 503 until rea
 the model's queue → announce (not ready) → load the engine → consume → ready; then it prints
 `llm-mesh worker ready: ...` on stdout. SIGTERM (or SIGINT): not ready, stop consuming, let
 in-flight requests finish within the grace period, abort the rest (they end with a retryable
-error), say goodbye to the schedulers, close. An engine that stops producing tokens while
-requests run (`worker.watchdog`) takes the worker out of service: not ready (probe and
-heartbeat), no more tasks, in-flight requests end with a retryable error.
+error), say goodbye to the schedulers, close the broker connection, and shut the engine down
+last, when no request runs in it any more. Signal the worker process itself, not its process
+group: the worker stops vLLM's engine-core child in that order, and a signal to the whole
+group would stop the engine core under requests still draining. An engine that stops
+producing tokens while requests run (`worker.watchdog`) takes the worker out of service: not
+ready (probe and heartbeat), no more tasks, in-flight requests end with a retryable error.
 
 vLLM spawns its engine-core process, which re-imports the main module: keep the
 `if __name__ == "__main__"` guard on every entry point.
@@ -82,7 +85,7 @@ async def build_engine(settings: Settings) -> Engine:
         model_dir = await asyncio.to_thread(
             prepare_packaged_model, settings.mesh.data_dir, settings.model
         )
-    # Imported here: `worker.engine` is the only module that imports vLLM.
+    # Imported here: only `worker.engine` (and the `worker.vllm_*` modules it uses) import vLLM.
     engine_module = importlib.import_module("worker.engine")
     return cast(
         Engine, engine_module.VllmEngine(model_dir, settings.model, max_num_seqs=settings.capacity)

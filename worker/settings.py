@@ -8,7 +8,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from plumbing.settings import MeshSettings
+from plumbing.settings import PositiveSeconds, ProbeBind, Seconds, ServiceSettingsBase
 
 __all__ = ["EngineKind", "ModelSource", "Settings"]
 
@@ -18,12 +18,11 @@ EngineKind = Literal["vllm", "synthetic"]
 ModelSource = Literal["local", "s3"]
 
 
-class Settings(BaseSettings):
+class Settings(ServiceSettingsBase, BaseSettings):
     """Everything one worker reads; build it once in `main()` and pass it down."""
 
     model_config = SettingsConfigDict(env_prefix="LLM_MESH_WORKER_", extra="ignore")
 
-    mesh: MeshSettings = Field(default_factory=MeshSettings)
     model: str = Field(default="smollm2-135m", description="The routing name of the model.")
     model_dir: Path | None = Field(
         default=None,
@@ -56,18 +55,23 @@ class Settings(BaseSettings):
     capacity: int = Field(
         default=8, ge=1, description="Sequences run at once: the task queue's prefetch."
     )
+    max_n: int = Field(
+        default=8,
+        ge=1,
+        description="Largest `n` (sequences per request) the worker runs: a task asking for "
+        "more is rejected as an invalid request. The scheduler has its own `max_n`, but anyone "
+        "who can publish to the broker can bypass it.",
+    )
     worker_id: str = Field(default="", description="Unique id; empty = host, pid and random.")
-    http_bind: str = Field(
-        default="127.0.0.1:9102",
-        description="HTTP address of /healthz, /readyz and /metrics; port 0 picks a free port.",
+    http_bind: ProbeBind = "127.0.0.1:9102"
+    heartbeat_interval: PositiveSeconds = Field(
+        default=2.0, description="Seconds between heartbeats."
     )
-    heartbeat_interval: float = Field(default=2.0, gt=0, description="Seconds between heartbeats.")
-    grace_period: float = Field(
-        default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+    grace_period: Seconds = Field(
+        default=30.0, description="On SIGTERM, how long in-flight requests may finish."
     )
-    reply_flush_interval: float = Field(
+    reply_flush_interval: Seconds = Field(
         default=0.015,
-        ge=0,
         description="Coalescing window of reply chunks: at most one chunk per request per "
         "window, except the start, the first token and the end, which go at once.",
     )
@@ -77,23 +81,26 @@ class Settings(BaseSettings):
         description="A task redelivered this many times (it keeps killing workers) is "
         "dead-lettered.",
     )
-    cancelled_ttl: float = Field(
-        default=600.0, gt=0, description="How long cancelled request ids are remembered."
+    cancelled_ttl: PositiveSeconds = Field(
+        default=600.0, description="How long cancelled request ids are remembered."
     )
-    synthetic_max_context: int = Field(default=2048, ge=1, description="Synthetic: context.")
-    synthetic_supports_tools: bool = Field(default=False, description="Synthetic: tools.")
+    synthetic_max_context: int = Field(
+        default=2048, ge=1, description="Synthetic: the context length, in tokens."
+    )
+    synthetic_supports_tools: bool = Field(
+        default=False, description="Synthetic: accept requests with tools."
+    )
     synthetic_tokens: int = Field(
         default=16, ge=1, description="Synthetic: tokens before the end-of-sequence token."
     )
-    synthetic_token_interval: float = Field(
-        default=0.02, ge=0, description="Synthetic: seconds between tokens."
+    synthetic_token_interval: Seconds = Field(
+        default=0.02, description="Synthetic: seconds between tokens."
     )
-    synthetic_first_token_delay: float = Field(
-        default=0.0, ge=0, description="Synthetic: seconds before the first token (prefill)."
+    synthetic_first_token_delay: Seconds = Field(
+        default=0.0, description="Synthetic: seconds before the first token (prefill)."
     )
-    engine_watchdog_window: float = Field(
+    engine_watchdog_window: PositiveSeconds = Field(
         default=60.0,
-        gt=0,
         description="While requests run, the engine must produce an output at least this "
         "often (seconds; above the slowest prefill under load), else the worker stops serving "
         "and ends them with a retryable error (worker/watchdog.py).",
@@ -104,8 +111,8 @@ class Settings(BaseSettings):
         description="Synthetic: hang (produce nothing, forever) after this many token steps "
         "of every request; for watchdog tests.",
     )
-    synthetic_prepare_delay: float = Field(
-        default=0.0, ge=0, description="Synthetic: seconds `prepare` takes (template rendering)."
+    synthetic_prepare_delay: Seconds = Field(
+        default=0.0, description="Synthetic: seconds `prepare` takes (template rendering)."
     )
     payload_threshold_bytes: int = Field(
         default=256 * 1024,
