@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+from llmmesh.v1 import events_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from gateway.providers.errors import (
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+)
+
 __all__ = ["GatewayMetrics"]
+
+#: The kind of a provider failure reported in-band (a `StreamError` after `GenerationStart`):
+#: the adapter error class the same failure raises before the stream started. Any other code
+#: is a `ProviderUnavailable` (the stream broke, the provider failed or sent nonsense).
+_KIND_BY_STREAM_CODE: dict[events_pb2.ErrorCode, type[ProviderError]] = {
+    events_pb2.ERROR_CODE_INVALID_REQUEST: ProviderRejected,
+    events_pb2.ERROR_CODE_CONTEXT_LENGTH_EXCEEDED: ProviderRejected,
+    events_pb2.ERROR_CODE_RATE_LIMITED: RateLimited,
+    events_pb2.ERROR_CODE_FIRST_TOKEN_TIMEOUT: ProviderTimeout,
+    events_pb2.ERROR_CODE_IDLE_TIMEOUT: ProviderTimeout,
+    events_pb2.ERROR_CODE_TOTAL_TIMEOUT: ProviderTimeout,
+}
 
 
 class GatewayMetrics:
@@ -59,10 +80,17 @@ class GatewayMetrics:
         )
         self.provider_errors = Counter(
             "llm_mesh_gateway_provider_errors",
-            "Failures of external providers by provider and kind (the adapter's error class).",
+            "Failures of external providers by provider and kind (the adapter's error class), "
+            "before or during their streams.",
             ["provider", "kind"],
             registry=self.registry,
         )
+
+    def count_provider_stream_error(self, provider: str, error: events_pb2.StreamError) -> None:
+        """Counts a failure that `provider`'s adapter reported in-band, under the kind its code
+        names."""
+        kind = _KIND_BY_STREAM_CODE.get(error.code, ProviderUnavailable)
+        self.provider_errors.labels(provider, kind.__name__).inc()
 
     def render(self) -> bytes:
         """The exposition text."""

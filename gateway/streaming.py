@@ -94,7 +94,11 @@ async def start_generation(
 
 
 class GenerationStream:
-    """A started generation: its events (metered) and, at the end, its usage record."""
+    """A started generation: its events (metered) and, at the end, its usage record.
+
+    `provider` names the adapter of an external backend (None for the scheduler's streams),
+    whose in-band failures count as provider errors.
+    """
 
     def __init__(
         self,
@@ -106,6 +110,7 @@ class GenerationStream:
         metrics: GatewayMetrics,
         api: str,
         model: str,
+        provider: str | None = None,
     ) -> None:
         self._first = first
         self._events = events
@@ -113,6 +118,7 @@ class GenerationStream:
         self._metrics = metrics
         self._api = api
         self._model = model
+        self._provider = provider
         self.meter = meter
         self._closed = False
         metrics.streaming.inc()
@@ -138,6 +144,11 @@ class GenerationStream:
         except ProviderError as exc:
             self._metrics.provider_errors.labels(exc.provider, type(exc).__name__).inc()
             failure = error_from_provider(exc)
+        finally:
+            # Adapters report failures after their start in-band; counted once per stream,
+            # however it ends, and never the `StreamError` of `_failure_events` below.
+            if self._provider is not None and self.meter.error is not None:
+                self._metrics.count_provider_stream_error(self._provider, self.meter.error)
         for event in self._failure_events(failure):
             self.meter.observe(event)
             yield event

@@ -1,9 +1,11 @@
 """`llm-mesh top`: a live table of the mesh, one row per model, from the schedulers' /metrics.
 
-Columns: workers (ready/live, from the heartbeats), the task queue's consumers and ready
-messages (as the broker counts them), tokens/s and chunks/s relayed to clients (rates between
-two scrapes), time to first token p50/p95 (over the last `--window` seconds, or since the
-schedulers started when that window saw no request), completed and failed requests.
+Columns: workers (ready/live, from the heartbeats), the task queue's consumers, its ready
+messages and its unacknowledged ones, i.e. tasks being run (as the broker counts them; the
+latter only through the management API, see the scheduler's `broker_management_url`, else
+"-"), tokens/s and chunks/s relayed to clients (rates between two scrapes), time to first
+token p50/p95 (over the last `--window` seconds, or since the schedulers started when that
+window saw no request), completed and failed requests.
 
 Several scheduler replicas are summed (the queue figures, which every replica reads from the
 same broker, are not). `--once` prints the table once, after two scrapes `--interval` apart,
@@ -33,9 +35,10 @@ _ENDED: Final = "llm_mesh_scheduler_tasks_ended"
 _TTFT: Final = "llm_mesh_scheduler_time_to_first_token_seconds"
 _WORKERS: Final = "llm_mesh_scheduler_workers"
 _QUEUE_MESSAGES: Final = "llm_mesh_scheduler_queue_messages"
+_QUEUE_UNACKNOWLEDGED: Final = "llm_mesh_scheduler_queue_messages_unacknowledged"
 _QUEUE_CONSUMERS: Final = "llm_mesh_scheduler_queue_consumers"
 #: Every replica reads these from the same broker: merged by maximum, not summed.
-_SHARED: Final = frozenset({_QUEUE_MESSAGES, _QUEUE_CONSUMERS})
+_SHARED: Final = frozenset({_QUEUE_MESSAGES, _QUEUE_UNACKNOWLEDGED, _QUEUE_CONSUMERS})
 _FAILED_OUTCOMES: Final = frozenset({"failed", "expired", "rejected"})
 
 #: A sample's identity: the metric family's name and its sorted labels.
@@ -122,6 +125,7 @@ class _Row:
     workers: str
     consumers: str
     queued: str
+    unacknowledged: str
     tokens_per_second: str
     chunks_per_second: str
     ttft_p50: str
@@ -169,6 +173,7 @@ def rows(now: Snapshot, previous: Snapshot | None, window_start: Snapshot | None
                 workers=f"{ready:.0f}/{live:.0f}",
                 consumers=_shared(now, _QUEUE_CONSUMERS, model),
                 queued=_shared(now, _QUEUE_MESSAGES, model),
+                unacknowledged=_shared(now, _QUEUE_UNACKNOWLEDGED, model),
                 tokens_per_second=_rate(_TOKENS, model, now, previous),
                 chunks_per_second=_rate(_CHUNKS, model, now, previous),
                 ttft_p50=_seconds(quantile(0.5, buckets)),
@@ -194,6 +199,7 @@ def _table(
         "WORKERS",
         "CONSUMERS",
         "QUEUED",
+        "UNACKED",
         "TOKENS/S",
         "CHUNKS/S",
         "TTFT P50",
@@ -208,6 +214,7 @@ def _table(
             row.workers,
             row.consumers,
             row.queued,
+            row.unacknowledged,
             row.tokens_per_second,
             row.chunks_per_second,
             row.ttft_p50,

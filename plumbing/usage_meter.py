@@ -22,7 +22,10 @@ def _milliseconds(duration: duration_pb2.Duration) -> float:
 
 
 class UsageMeter:
-    """Observes a stream's events; afterwards tells its usage, timings and outcome."""
+    """Observes a stream's events; afterwards tells its usage, timings and outcome.
+
+    `error` is the stream's `StreamError`, if it had one (`failed` says the same).
+    """
 
     def __init__(self) -> None:
         self._started = time.monotonic()
@@ -34,6 +37,7 @@ class UsageMeter:
         self.started = False
         self.finished = False
         self.failed = False
+        self.error: events_pb2.StreamError | None = None
 
     def observe(self, event: events_pb2.StreamEvent) -> None:
         """Accounts for one event."""
@@ -54,6 +58,7 @@ class UsageMeter:
                 self.completion_tokens += 1
         elif which == "error":
             self.failed = True
+            self.error = event.error
         elif which == "generation_finish":
             self.finished = True
             usage = event.generation_finish.usage

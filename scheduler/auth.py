@@ -4,7 +4,8 @@ Every `SchedulerService` call must carry `authorization: Bearer <API key>` metad
 against the shared keystore (`plumbing.keystore`):
 
 - no or an invalid key → UNAUTHENTICATED; a model the key may not use → PERMISSION_DENIED;
-  a quota used up → RESOURCE_EXHAUSTED with `google.rpc.QuotaFailure` and `RetryInfo`;
+  a quota used up → RESOURCE_EXHAUSTED with `google.rpc.QuotaFailure` and `RetryInfo`; each
+  refusal is counted (`llm_mesh_scheduler_refusals_total{reason}`);
 - a service key (the gateway's credential) passes unmetered: the gateway meters its own
   requests, so nothing is counted twice;
 - any other key's `Generate` is admitted against its quotas and recorded in the usage ledger
@@ -29,6 +30,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from llmmesh.v1 import scheduler_service_pb2
+from prometheus_client import Counter
 
 from plumbing.keystore import (
     InvalidKey,
@@ -84,6 +86,15 @@ def _refusal_status(error: KeystoreError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def _refusal_reason(error: KeystoreError) -> str:
+    """The `reason` label of a keystore refusal in the scheduler's refusals counter."""
+    if isinstance(error, QuotaExhausted):
+        return "quota_exhausted"
+    if isinstance(error, ModelNotAllowed):
+        return "permission_denied"
+    return "unauthenticated"
+
+
 def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str):
@@ -119,10 +130,14 @@ async def _run(behavior: Behavior, request: Any, context: Any) -> Any:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Checks API keys, permissions and quotas, and meters external callers' usage."""
+    """Checks API keys, permissions and quotas, and meters external callers' usage.
 
-    def __init__(self, keystore: Keystore) -> None:
+    Each refused call is counted in `refusals` (the scheduler's counter, labelled by reason).
+    """
+
+    def __init__(self, keystore: Keystore, refusals: Counter) -> None:
         self._keystore = keystore
+        self._refusals = refusals
         self._service_keys: dict[str, tuple[float, KeyRecord]] = {}
 
     async def intercept_service(
@@ -165,7 +180,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             try:
                 await self._authenticate(_bearer(context))
             except KeystoreError as error:
-                await context.abort_with_status(_refusal_status(error))
+                await self._refuse(context, error)
             return await behavior(request, context)
 
         return unary
@@ -185,7 +200,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     self._keystore.admit, api_key, request.request.model, source="grpc"
                 )
             except KeystoreError as error:
-                await context.abort_with_status(_refusal_status(error))
+                await self._refuse(context, error)
                 return
             meter = UsageMeter()
             status: Literal["ok", "error", "cancelled"] | None = None
@@ -201,6 +216,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 await self._record(admission.entry_id, meter, status)
 
         return stream
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext[Any, Any], error: KeystoreError
+    ) -> None:
+        """Counts the refusal and ends the call with its status (raises, as `abort` does)."""
+        self._refusals.labels(_refusal_reason(error)).inc()
+        await context.abort_with_status(_refusal_status(error))
 
     async def _record(
         self,

@@ -41,7 +41,7 @@ from llmmesh.v1 import broker_pb2
 from opentelemetry import trace
 
 from plumbing.settings import MeshSettings
-from plumbing.telemetry import inject_headers, tracer, tracing_enabled
+from plumbing.telemetry import extract_headers, inject_headers, tracer, tracing_enabled
 from plumbing.topology import Topology
 from scheduler.errors import ModelNotFound, WorkerUnavailable
 
@@ -57,10 +57,13 @@ _BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError)
 
 @dataclass(frozen=True)
 class QueueState:
-    """What the broker says of a model's task queue: ready messages and active consumers."""
+    """What the broker says of a model's task queue: ready messages, active consumers and,
+    when known (the management API; a passive declare does not tell), the messages delivered
+    and not yet acknowledged."""
 
     messages: int
     consumers: int
+    unacknowledged: int | None = None
 
 
 class TaskBroker:
@@ -279,8 +282,12 @@ class TaskBroker:
             raise WorkerUnavailable("the broker is unreachable") from exc
         return True
 
-    async def replies(self) -> AsyncIterator[broker_pb2.TaskChunk]:
-        """The chunks arriving on this replica's reply queue (undecodable ones are logged)."""
+    async def replies(
+        self,
+    ) -> AsyncIterator[tuple[broker_pb2.TaskChunk, trace.SpanContext | None]]:
+        """The chunks arriving on this replica's reply queue (undecodable ones are logged),
+        each with the context of the worker's engine span that a chunk 0's headers carry
+        (None for later chunks, and while tracing is off)."""
         assert self._reply_queue is not None, "connect() first"
         async with self._reply_queue.iterator(no_ack=True) as messages:
             async for message in messages:
@@ -289,7 +296,11 @@ class TaskBroker:
                 except DecodeError:
                     logger.warning("undecodable reply chunk dropped (%d bytes)", len(message.body))
                     continue
-                yield chunk
+                worker_span = None
+                if chunk.sequence_number == 0 and tracing_enabled():
+                    context = extract_headers(message.headers)
+                    worker_span = trace.get_current_span(context).get_span_context()
+                yield chunk, worker_span
 
     async def listen_to_heartbeats(
         self, on_heartbeat: Callable[[broker_pb2.Heartbeat], None]

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Final
 
 from llmmesh.v1 import broker_pb2
+from opentelemetry.trace import SpanContext
 
 from scheduler.errors import MeshError, SlowReader, WorkerFailed
 
@@ -56,6 +57,8 @@ class RequestStream:
         self.request_id = request_id
         #: The worker that sent the accepted chunk 0, once one did.
         self.owner: str | None = None
+        #: The worker's engine span, from the accepted chunk 0's headers (tracing on only).
+        self.worker_span: SpanContext | None = None
         self._next_sequence = 0
         # None marks a failure, queued behind the chunks accepted before it.
         self._queue: asyncio.Queue[broker_pb2.TaskChunk | None] = asyncio.Queue(maxsize)
@@ -66,8 +69,11 @@ class RequestStream:
         """Whether the stream failed (its reader may still have chunks to read first)."""
         return self._failure is not None
 
-    def offer(self, chunk: broker_pb2.TaskChunk) -> Verdict:
-        """Accepts the next chunk, drops a duplicate, or fails the stream."""
+    def offer(self, chunk: broker_pb2.TaskChunk, worker_span: SpanContext | None = None) -> Verdict:
+        """Accepts the next chunk, drops a duplicate, or fails the stream.
+
+        `worker_span`: the context of the sender's engine span, if its chunk carried one.
+        """
         if self._failure is not None:
             return Verdict.LATE
         if self.owner is None:
@@ -95,6 +101,8 @@ class RequestStream:
         except asyncio.QueueFull:
             self.fail(SlowReader("the stream was not read fast enough"))
             return Verdict.OVERFLOW
+        if self._next_sequence == 0:
+            self.worker_span = worker_span
         self._next_sequence += 1
         return Verdict.ACCEPTED
 
@@ -143,11 +151,14 @@ class Demux:
             del self._streams[request_id]
             self._remember(request_id)
 
-    def dispatch(self, chunk: broker_pb2.TaskChunk) -> Verdict:
-        """Routes one chunk from the reply queue to its request's stream."""
+    def dispatch(
+        self, chunk: broker_pb2.TaskChunk, worker_span: SpanContext | None = None
+    ) -> Verdict:
+        """Routes one chunk from the reply queue (with its sender's span context, if any) to
+        its request's stream."""
         stream = self._streams.get(chunk.request_id)
         if stream is not None:
-            return stream.offer(chunk)
+            return stream.offer(chunk, worker_span)
         if chunk.request_id in self._ended and chunk.sequence_number != 0:
             return Verdict.LATE
         # Unknown, or a new stream (chunk 0) for a request that ended: a redelivered copy

@@ -17,6 +17,8 @@ __all__ = ["OTHER_MODEL", "SchedulerMetrics"]
 #: The `model` label of requests for models no worker ever announced (clients choose names:
 #: only known ones become label values).
 OTHER_MODEL: Final = "other"
+#: The `reason` label values of `SchedulerMetrics.refusals` (each exported from the start).
+_REFUSAL_REASONS: Final = ("unauthenticated", "permission_denied", "quota_exhausted")
 #: Latency buckets (seconds) from a fast first token to a long generation.
 _LATENCY_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -104,7 +106,16 @@ class SchedulerMetrics:
         )
         self.queue_messages = Gauge(
             "llm_mesh_scheduler_queue_messages",
-            "Ready messages in each model's task queue, as the broker counts them (polled).",
+            "Ready messages (tasks waiting for a worker) in each model's task queue, as the "
+            "broker counts them (polled).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.queue_unacknowledged = Gauge(
+            "llm_mesh_scheduler_queue_messages_unacknowledged",
+            "Messages of each model's task queue delivered to a worker and not yet "
+            "acknowledged (tasks being run), as the broker counts them (polled; only with "
+            "the management API: scheduler setting broker_management_url).",
             ["model"],
             registry=self.registry,
         )
@@ -132,6 +143,17 @@ class SchedulerMetrics:
             "Workers whose heartbeats are current.",
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "llm_mesh_scheduler_refusals",
+            "Calls the API-key check refused before they reached the service, by reason: "
+            "unauthenticated (no or an invalid key), permission_denied (a model the key may "
+            "not use), quota_exhausted (a quota of the key used up). Load shedding counts as "
+            'tasks_ended{outcome="shed"}.',
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in _REFUSAL_REASONS:
+            self.refusals.labels(reason)
         self.payloads_stored = Counter(
             "llm_mesh_scheduler_payloads_stored",
             "Request bodies too large for the broker, stored in object storage by reference.",

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import signal
 import uuid
-from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,6 +31,7 @@ from scheduler.broker import TaskBroker
 from scheduler.decoding import DecodingInterceptor
 from scheduler.demux import Demux, Verdict
 from scheduler.errors import WorkerFailed, WorkerUnavailable
+from scheduler.management_api import ManagementApi
 from scheduler.metrics import SchedulerMetrics
 from scheduler.offload import PayloadOffload
 from scheduler.queue_monitor import QueueMonitor
@@ -49,16 +49,11 @@ _SERVICE_NAME = scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerServ
 class SchedulerServer:
     """One replica. `start`, then `stop`; or `async with`.
 
-    `interceptors` are extra gRPC server interceptors (e.g. authentication), applied in order.
-    After `start`, `port` and `http_port` are the bound ports.
+    `keystore` turns on API keys on the gRPC API (`AuthInterceptor`, which counts its refusals
+    in the replica's metrics). After `start`, `port` and `http_port` are the bound ports.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-    ) -> None:
+    def __init__(self, settings: Settings, *, keystore: Keystore | None = None) -> None:
         self.settings = settings
         self.replica_id = uuid.uuid4().hex[:12]
         self.broker = TaskBroker(settings.mesh, self.replica_id)
@@ -69,10 +64,21 @@ class SchedulerServer:
             discovery_period=settings.discovery_period,
         )
         self.metrics = SchedulerMetrics(self.registry)
+        self._management = (
+            None
+            if settings.broker_management_url is None
+            else ManagementApi(
+                str(settings.broker_management_url),
+                amqp_url=settings.mesh.amqp_url,
+                topology=self.broker.topology,
+                timeout=settings.broker_management_timeout,
+            )
+        )
         self.queues = QueueMonitor(
-            self.broker,
+            self._management or self.broker,
             lambda: self.registry.models_seen() | self.broker.models_published,
             messages=self.metrics.queue_messages,
+            unacknowledged=self.metrics.queue_unacknowledged,
             consumers=self.metrics.queue_consumers,
             interval=settings.queue_poll_interval,
         )
@@ -82,7 +88,9 @@ class SchedulerServer:
             threshold=settings.payload_threshold_bytes,
             metrics=self.metrics,
         )
-        self._interceptors = list(interceptors)
+        self._interceptors = (
+            [AuthInterceptor(keystore, self.metrics.refusals)] if keystore is not None else []
+        )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._background: asyncio.Task[None] | None = None
@@ -148,6 +156,8 @@ class SchedulerServer:
             self._background.cancel()
             await asyncio.wait([self._background])
         await self.broker.close()
+        if self._management is not None:
+            await self._management.aclose()
         await self._probes.stop()
 
     async def __aenter__(self) -> SchedulerServer:
@@ -177,8 +187,8 @@ class SchedulerServer:
 
     async def _dispatch_replies(self) -> None:
         chunks = self.metrics.chunks
-        async for chunk in self.broker.replies():
-            verdict = self.demux.dispatch(chunk)
+        async for chunk, worker_span in self.broker.replies():
+            verdict = self.demux.dispatch(chunk, worker_span)
             chunks.labels(verdict.value).inc()
             if verdict is Verdict.UNKNOWN:
                 self.metrics.unknown_chunks.inc()
@@ -202,9 +212,8 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     keystore = Keystore.from_settings(settings.mesh) if settings.require_api_keys else None
-    interceptors = [AuthInterceptor(keystore)] if keystore is not None else []
     try:
-        async with SchedulerServer(settings, interceptors=interceptors) as server:
+        async with SchedulerServer(settings, keystore=keystore) as server:
             grpc_host, _ = parse_bind(settings.grpc_bind)
             http_host, _ = parse_bind(settings.http_bind)
             print(

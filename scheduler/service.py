@@ -195,6 +195,8 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             self._metrics.tasks_ended.labels(generation.model, outcome).inc()
             raise
         generation.started = asyncio.get_running_loop().time()
+        if tracing_enabled():
+            _trace_acceptance(stream)
         self._metrics.tasks_started.labels(generation.model).inc()
         self._metrics.queue_time.labels(generation.model).observe(
             generation.started - generation.received
@@ -360,6 +362,16 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         if remaining is not None:
             budget = min(budget, remaining)
         return budget
+
+
+def _trace_acceptance(stream: RequestStream) -> None:
+    """Marks chunk 0's arrival on the request's span (the gRPC call's), linked to the worker's
+    engine span whose context the chunk carried back in its headers."""
+    span = trace.get_current_span()
+    attributes = {"llm_mesh.worker_id": stream.owner or ""}
+    if stream.worker_span is not None and stream.worker_span.is_valid:
+        span.add_link(stream.worker_span, attributes)
+    span.add_event("worker_accepted", attributes)
 
 
 @dataclass

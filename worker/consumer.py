@@ -9,12 +9,12 @@ and a prefetch equal to the engine's capacity. Each delivery is acked or rejecte
 - cancelled while queued (its id is in the cancelled set) → dropped;
 - redelivered (a worker died holding it) → republished with `x-attempt` + 1, since classic
   queues keep no delivery count (DESIGN.md, poison tasks);
-- otherwise the request (inline, or fetched from object storage: `PayloadFetcher`) →
-  `engine.prepare` → chunk 0 (`GenerationStart`, or a rejection), the engine's
-  events through a coalescing `ReplyStream`, and the end: `GenerationFinish` with the usage,
-  preceded by the reason when the request was aborted (cancel, shutdown, engine failure). A
-  requester whose reply queue is gone gets nothing more: the engine request is aborted and the
-  task acked.
+- otherwise the request (inline, or fetched from object storage: `PayloadFetcher`) → the
+  worker's own limits (`max_n`: a task may bypass the scheduler) → `engine.prepare` → chunk 0
+  (`GenerationStart`, or a rejection), the engine's events through a coalescing
+  `ReplyStream`, and the end: `GenerationFinish` with the usage, preceded by the reason when
+  the request was aborted (cancel, shutdown, engine failure). A requester whose reply queue is
+  gone gets nothing more: the engine request is aborted and the task acked.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from opentelemetry import trace
 from plumbing.object_store import PayloadStore
 from plumbing.s3_client import connect_s3
 from plumbing.structured_logs import bind_request
-from plumbing.telemetry import extract_headers, tracer, tracing_enabled
+from plumbing.telemetry import extract_headers, inject_headers, tracer, tracing_enabled
 from plumbing.topology import Topology
 from worker.cancellations import CancelledRequests
 from worker.engine_protocol import Engine, EngineOutput, PreparedRequest, RequestRejected
@@ -70,6 +70,8 @@ class AbortReason(enum.Enum):
 
     CANCELLED = "cancelled"
     REQUESTER_GONE = "requester_gone"
+    #: The broker connection dropped: aio-pika cancels the handlers of the closed channel.
+    BROKER_LOST = "broker_lost"
     SHUTDOWN = "shutdown"
     ENGINE_ERROR = "engine_error"
     ENGINE_STALLED = "engine_stalled"
@@ -305,27 +307,33 @@ class TaskConsumer:
             return
         running = _RunningTask(request_id)
         self._running[request_id] = running
+        sink = AmqpChunkSink(self._reply_exchange, reply_to)
         reply = ReplyStream(
-            AmqpChunkSink(self._reply_exchange, reply_to),
+            sink,
             request_id=request_id,
             worker_id=self._worker_id,
             flush_interval=self._settings.reply_flush_interval,
             max_chunk_bytes=self._settings.payload_threshold_bytes,
-            on_undeliverable=lambda: running.abort(AbortReason.REQUESTER_GONE),
+            on_undeliverable=lambda: running.abort(self._undeliverable_reason()),
         )
         try:
             async with reply:
-                await self._generate(task, running, reply)
+                await self._generate(task, running, reply, sink)
         finally:
             del self._running[request_id]
             self._metrics.chunks_published.inc(reply.chunks_sent)
 
     async def _generate(
-        self, task: broker_pb2.Task, running: _RunningTask, reply: ReplyStream
+        self,
+        task: broker_pb2.Task,
+        running: _RunningTask,
+        reply: ReplyStream,
+        sink: AmqpChunkSink,
     ) -> None:
         request_id = task.request_id
         try:
             request = await self._payloads.request(task)
+            _check_limits(request, max_n=self._settings.max_n)
             prepared = await self._engine.prepare(request_id, request)
         except RequestRejected as rejected:
             self._metrics.tasks_rejected.inc()
@@ -349,10 +357,15 @@ class TaskConsumer:
             prompt_tokens=prepared.prompt_tokens,
         )
         start.created.FromNanoseconds(int(accepted_wall * 1e9))
+        engine_span = _engine_span(prepared)
+        if tracing_enabled():
+            # Every chunk from chunk 0 on carries the engine span's context back to the
+            # requester (DESIGN.md: trace context in the task's headers and in the chunks').
+            with trace.use_span(engine_span, end_on_exit=False):
+                sink.headers = inject_headers({})
         reply.send([events_pb2.StreamEvent(generation_start=start)], urgent=True)
         self._metrics.tasks_started.inc()
         progress = _Progress()
-        engine_span = _engine_span(prepared)
         with trace.use_span(engine_span, end_on_exit=False):
             # Started in the span: the generation's task adds the first token event to it.
             # Beam search streams nothing until it ends: the watchdog cannot judge it.
@@ -366,6 +379,9 @@ class TaskConsumer:
         except asyncio.CancelledError:
             handler = asyncio.current_task()
             if handler is not None and handler.cancelling():
+                # aiormq cancels a channel's consumer tasks when the channel closes: the
+                # broker connection was lost (the worker closes its own only once drained).
+                self._metrics.tasks_aborted.labels(AbortReason.BROKER_LOST.value).inc()
                 engine_span.end()
                 raise
             outcome = running.abort_reason
@@ -387,7 +403,7 @@ class TaskConsumer:
         else:
             logger.info("request %s aborted: %s", request_id, outcome.value)
             self._metrics.tasks_aborted.labels(outcome.value).inc()
-        if outcome is AbortReason.REQUESTER_GONE:
+        if outcome in (AbortReason.REQUESTER_GONE, AbortReason.BROKER_LOST):
             return
         final = _final_events(outcome, task, prepared, progress, accepted_wall)
         try:
@@ -419,10 +435,31 @@ class TaskConsumer:
             if isinstance(outputs, AsyncGenerator):
                 await outputs.aclose()
 
+    def _undeliverable_reason(self) -> AbortReason:
+        """Why a reply could not be delivered: its requester's queue is gone, or the broker
+        connection is (then the publishing channel closed with it)."""
+        channel = self._publish_channel
+        if channel is not None and channel.is_closed:
+            return AbortReason.BROKER_LOST
+        return AbortReason.REQUESTER_GONE
+
     @property
     def _reply_exchange(self) -> AbstractExchange:
         assert self._replies is not None, "declare() first"
         return self._replies
+
+
+def _check_limits(request: chat_pb2.ChatRequest, *, max_n: int) -> None:
+    """Raises `RequestRejected` for an `n` the worker will not run. The scheduler checks it
+    first, but a task can come from anyone with access to the broker; the engines check the
+    rest (`max_tokens` against the model's context)."""
+    parameters = request.generation_parameters
+    if parameters.HasField("n") and not 1 <= parameters.n <= max_n:
+        raise RequestRejected(
+            events_pb2.ERROR_CODE_INVALID_REQUEST,
+            f"n must be 1 to {max_n} on this worker",
+            "generation_parameters.n",
+        )
 
 
 def _engine_span(prepared: PreparedRequest) -> trace.Span:

@@ -41,8 +41,8 @@ class WorkerMetrics:
         )
         self.tasks_aborted = Counter(
             "llm_mesh_worker_tasks_aborted",
-            "Tasks stopped before their end, by reason: cancelled, requester_gone, shutdown, "
-            "engine_error.",
+            "Tasks stopped before their end, by reason: cancelled, requester_gone, "
+            "broker_lost, shutdown, engine_error, engine_stalled.",
             ["reason"],
             registry=self.registry,
         )

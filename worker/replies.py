@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractExchange
@@ -58,6 +58,9 @@ class AmqpChunkSink:
     def __init__(self, exchange: AbstractExchange, reply_to: str) -> None:
         self._exchange = exchange
         self._reply_to = reply_to
+        #: AMQP headers of the chunks published from now on: the W3C trace context of the
+        #: request's engine span, while tracing is on (`plumbing.telemetry.inject_headers`).
+        self.headers: dict[str, Any] | None = None
 
     async def publish(self, chunk: broker_pb2.TaskChunk) -> None:
         """Publishes and waits for the broker's confirm (or return)."""
@@ -67,6 +70,7 @@ class AmqpChunkSink:
             type=_CHUNK_TYPE,
             correlation_id=chunk.request_id,
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            headers=self.headers,
         )
         try:
             await self._exchange.publish(message, routing_key=self._reply_to, mandatory=True)

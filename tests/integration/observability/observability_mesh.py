@@ -7,7 +7,9 @@ worker (whose consumer runs in aio-pika's tasks, which never inherit the schedul
 context). Workers are the real `WorkerService` with the synthetic engine.
 
 Tests import the helpers from here (a unique module name: test directories are not
-packages); `conftest.py` registers the fixtures.
+packages); `conftest.py` registers the fixtures. Polling and scraping come from
+`bench.process_mesh`, the broker clean-up from `tests/integration/broker_inspector.py`, as for
+the other harnesses.
 """
 
 from __future__ import annotations
@@ -16,22 +18,24 @@ import asyncio
 import contextlib
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aio_pika
-import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from broker_inspector import BrokerInspector
 from llmmesh.v1 import chat_pb2, events_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import ASGIApp
 
+from bench.process_mesh import scrape_metrics
+from bench.process_mesh import wait_until as wait_until  # re-exported: the tests poll with it
 from gateway.app import create_app
 from gateway.routing import ModelRoute, RoutingTable
 from gateway.settings import GatewaySettings
@@ -48,9 +52,8 @@ from worker.settings import Settings as WorkerSettings
 from worker.synthetic import SyntheticEngine
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-#: Bound of every wait in these tests.
+#: Bound of every wait in these tests (`wait_until`'s too).
 WAIT_TIMEOUT = 15.0
-POLL_INTERVAL = 0.05
 
 
 def chat(
@@ -71,30 +74,9 @@ async def collect(events: AsyncIterator[events_pb2.StreamEvent]) -> list[events_
     return [event async for event in events]
 
 
-async def wait_until(predicate: Callable[[], Any]) -> None:
-    """Polls a state that has no event to await (another server's /metrics, the broker),
-    within `WAIT_TIMEOUT`."""
-    async with asyncio.timeout(WAIT_TIMEOUT):
-        while True:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return
-            await asyncio.sleep(POLL_INTERVAL)
-
-
 async def scrape(port: int) -> dict[str, float]:
     """Every sample of a service's /metrics: `name{label="value",...}` → value."""
-    async with httpx.AsyncClient() as http:
-        response = await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    response.raise_for_status()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    return await scrape_metrics(f"http://127.0.0.1:{port}/metrics")
 
 
 @dataclass
@@ -127,6 +109,7 @@ class RunningGateway:
     url: str
     api_key: str
     key_id: str
+    keystore: Keystore
     server: _QuietServer
     task: asyncio.Task[None]
 
@@ -138,19 +121,24 @@ class RunningGateway:
 
 @dataclass
 class Mesh:
-    """What one test started, under the module's broker prefix; `aclose` stops it all."""
+    """What one test started, under the module's broker prefix, on the broker at `amqp_url`
+    (the machine's by default); `aclose` stops it all."""
 
     prefix: str
     data_dir: Path
+    amqp_url: str = AMQP_URL
     schedulers: list[SchedulerServer] = field(default_factory=list)
     workers: list[RunningWorker] = field(default_factory=list)
     clients: list[SchedulerClient] = field(default_factory=list)
     gateways: list[RunningGateway] = field(default_factory=list)
     keystores: list[Keystore] = field(default_factory=list)
+    upstreams: list[tuple[_QuietServer, asyncio.Task[None]]] = field(default_factory=list)
 
     @property
     def mesh_settings(self) -> MeshSettings:
-        return MeshSettings(amqp_url=AMQP_URL, broker_prefix=self.prefix, data_dir=self.data_dir)
+        return MeshSettings(
+            amqp_url=self.amqp_url, broker_prefix=self.prefix, data_dir=self.data_dir
+        )
 
     async def start_scheduler(self, **settings: Any) -> SchedulerServer:
         """An in-process replica on free ports, polling queues every 0.1 s."""
@@ -210,42 +198,48 @@ class Mesh:
             )
         return worker
 
-    async def start_gateway(self, scheduler: SchedulerServer, models: list[str]) -> RunningGateway:
-        """The gateway in front of `scheduler`, routing `models` to it, with a fresh key."""
+    async def start_gateway(
+        self,
+        scheduler: SchedulerServer,
+        models: list[str],
+        external: Mapping[str, ModelRoute] | None = None,
+    ) -> RunningGateway:
+        """The gateway in front of `scheduler`, routing `models` to it (and the `external`
+        routes to their providers), with a fresh key."""
         keystore = Keystore.from_settings(self.mesh_settings)
         self.keystores.append(keystore)
         api_key, record = keystore.create_key("observability")
         settings = GatewaySettings(
             mesh=self.mesh_settings, scheduler_targets=[f"127.0.0.1:{scheduler.port}"]
         )
+        routes = {model: ModelRoute(backend="self_hosted") for model in models}
         app = create_app(
-            settings,
-            routing=RoutingTable({model: ModelRoute(backend="self_hosted") for model in models}),
-            keystore=keystore,
+            settings, routing=RoutingTable({**routes, **(external or {})}), keystore=keystore
         )
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(128)
-        listener.setblocking(False)
-        port = listener.getsockname()[1]
-        server = _QuietServer(
-            uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
-        )
-        task = asyncio.create_task(server.serve(sockets=[listener]))
-        await wait_until(lambda: server.started or task.done())
-        gateway = RunningGateway(f"http://127.0.0.1:{port}", api_key, record.key_id, server, task)
+        url, server, task = await _serve(app)
+        gateway = RunningGateway(url, api_key, record.key_id, keystore, server, task)
         self.gateways.append(gateway)
         return gateway
 
+    async def start_upstream(self, app: ASGIApp) -> str:
+        """A stand-in provider: `app` served until the mesh closes; returns its URL."""
+        url, server, task = await _serve(app)
+        self.upstreams.append((server, task))
+        return url
+
     async def declare_model_queue(self, model: str) -> None:
         """Declares a model's task queue, as a worker that has since gone would have."""
-        connection = await aio_pika.connect(AMQP_URL)
+        connection = await aio_pika.connect(self.amqp_url)
         async with connection:
             await Topology(self.prefix).declare_task_queue(await connection.channel(), model)
 
     async def aclose(self) -> None:
         for gateway in self.gateways:
             await gateway.stop()
+        for server, task in self.upstreams:
+            server.should_exit = True
+            async with asyncio.timeout(WAIT_TIMEOUT):
+                await task
         for client in self.clients:
             await client.aclose()
         for worker in self.workers:
@@ -257,32 +251,17 @@ class Mesh:
             keystore.close()
 
 
-async def delete_prefix(prefix: str) -> None:
-    """Deletes every queue and exchange under `prefix` (rabbitmqctl lists them)."""
-    names: dict[str, set[str]] = {}
-    for command in ("list_queues", "list_exchanges"):
-        process = await asyncio.create_subprocess_exec(
-            "rabbitmqctl",
-            command,
-            "name",
-            "--quiet",
-            "--no-table-headers",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        async with asyncio.timeout(30):
-            stdout, stderr = await process.communicate()
-        assert process.returncode == 0, stderr.decode()
-        names[command] = {
-            line.strip() for line in stdout.decode().splitlines() if line.startswith(prefix)
-        }
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        for name in names["list_queues"]:
-            await channel.queue_delete(name, if_unused=False, if_empty=False)
-        for name in names["list_exchanges"]:
-            await channel.exchange_delete(name)
+async def _serve(app: ASGIApp) -> tuple[str, _QuietServer, asyncio.Task[None]]:
+    """`app` on uvicorn on a free loopback port: its URL, server and serving task."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    server = _QuietServer(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    await wait_until(lambda: server.started or task.done())
+    return f"http://127.0.0.1:{port}", server, task
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +283,7 @@ async def prefix() -> AsyncIterator[str]:
     """The module's broker prefix; everything under it is deleted at the end."""
     name = f"test-{uuid.uuid4().hex[:8]}."
     yield name
-    await delete_prefix(name)
+    await BrokerInspector(name).delete_everything()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -48,32 +48,6 @@ async def test_ten_requests_count_ten_completions_and_ten_first_tokens(mesh: Mes
     assert worker_samples['llm_mesh_worker_engine_requests{state="running"}'] == 0
 
 
-async def test_queue_depth_comes_from_the_broker(mesh: Mesh) -> None:
-    model = "obs-depth"
-    # Still "discovering": the replica publishes although no worker announced the model.
-    scheduler = await mesh.start_scheduler(discovery_period=300)
-    await mesh.declare_model_queue(model)  # as a worker that has since stopped would have
-    client = mesh.client(scheduler)
-    depth = f'llm_mesh_scheduler_queue_messages{{model="{model}"}}'
-    consumers = f'llm_mesh_scheduler_queue_consumers{{model="{model}"}}'
-    requests = [
-        asyncio.create_task(collect(client.generate(chat(model, f"queued {number}"))))
-        for number in range(5)
-    ]
-
-    async def reads(name: str, value: float) -> bool:
-        return (await scrape(scheduler.http_port)).get(name) == value
-
-    await wait_until(lambda: reads(depth, 5))
-    assert (await scrape(scheduler.http_port))[consumers] == 0
-    await mesh.start_worker(model, scheduler)
-    async with asyncio.timeout(15):
-        streams = await asyncio.gather(*requests)
-    assert all(events[-1].HasField("generation_finish") for events in streams)
-    await wait_until(lambda: reads(depth, 0))
-    assert (await scrape(scheduler.http_port))[consumers] == 1
-
-
 async def test_top_once_prints_the_table_of_a_running_mesh(mesh: Mesh) -> None:
     model = "obs-top"
     scheduler = await mesh.start_scheduler()
@@ -99,13 +73,14 @@ async def test_top_once_prints_the_table_of_a_running_mesh(mesh: Mesh) -> None:
     lines = table.splitlines()
     header = next(line for line in lines if "MODEL" in line)
     assert header.split() == [
-        "MODEL", "WORKERS", "CONSUMERS", "QUEUED", "TOKENS/S", "CHUNKS/S",
+        "MODEL", "WORKERS", "CONSUMERS", "QUEUED", "UNACKED", "TOKENS/S", "CHUNKS/S",
         "TTFT", "P50", "TTFT", "P95", "DONE", "FAILED",
     ]  # fmt: skip
     row = next(line for line in lines if line.strip().startswith(model)).split()
-    # model, workers, consumers, queued, tokens/s, chunks/s, p50 (2 words), p95 (2), done, failed
-    assert row[:4] == [model, "1/1", "1", "0"], table
-    assert re.fullmatch(r"\d+(\.\d+)?", row[6]) and row[7] in ("ms", "s"), table
+    # model, workers, consumers, queued, unacked (no management API: "-"), tokens/s, chunks/s,
+    # p50 (2 words), p95 (2), done, failed
+    assert row[:5] == [model, "1/1", "1", "0", "-"], table
+    assert re.fullmatch(r"\d+(\.\d+)?", row[7]) and row[8] in ("ms", "s"), table
     assert row[-2:] == ["3", "0"], table
 
 

@@ -1,14 +1,23 @@
-"""One trace per request: gateway HTTP span → gRPC → RabbitMQ → the worker's engine span."""
+"""One trace per request: gateway HTTP span → gRPC → RabbitMQ → the worker's engine span, whose
+context the reply chunks carry back to the scheduler."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import secrets
+import uuid
+from typing import Any
 
+import aio_pika
 import httpx
-from observability_mesh import Mesh, wait_until
+from llmmesh.v1 import broker_pb2
+from observability_mesh import WAIT_TIMEOUT, Mesh, chat, wait_until
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+
+from plumbing.topology import Topology
 
 
 def _one(spans: list[ReadableSpan], name: str) -> ReadableSpan:
@@ -74,3 +83,54 @@ async def test_one_trace_id_spans_gateway_scheduler_and_worker(
     assert events == ["first_token", "finish"]
     finish = engine_span.events[-1]
     assert finish.attributes is not None and finish.attributes["completion_tokens"] == 8
+
+    # And back: chunk 0's headers carried the engine span's context to the scheduler, which
+    # linked the call's span to it when the worker accepted the task.
+    worker_id = mesh.workers[0].service.worker_id
+    [link] = server_span.links
+    assert link.context.trace_id == engine_span.context.trace_id
+    assert link.context.span_id == engine_span.context.span_id
+    assert link.attributes == {"llm_mesh.worker_id": worker_id}
+    accepted = [event for event in server_span.events if event.name == "worker_accepted"]
+    assert [event.attributes for event in accepted] == [{"llm_mesh.worker_id": worker_id}]
+
+
+async def test_every_chunk_carries_the_engine_span_context(
+    mesh: Mesh, spans: InMemorySpanExporter
+) -> None:
+    """Playing the scheduler: a task with a `traceparent` in, chunks whose headers carry the
+    context of the worker's engine span (same trace) out."""
+    model = "obs-trace-chunks"
+    scheduler = await mesh.start_scheduler()
+    await mesh.start_worker(model, scheduler)
+    trace_id, parent_id = secrets.randbits(128), secrets.randbits(64)
+    task = broker_pb2.Task(request_id=uuid.uuid4().hex, request=chat(model, "trace the chunks"))
+    connection = await aio_pika.connect(mesh.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True)
+        tasks = await channel.get_exchange(Topology(mesh.prefix).tasks_exchange)
+        await tasks.publish(
+            aio_pika.Message(
+                task.SerializeToString(),
+                headers={"traceparent": f"00-{trace_id:032x}-{parent_id:016x}-01"},
+                correlation_id=task.request_id,
+                reply_to=replies.name,
+            ),
+            routing_key=model,
+        )
+        headers: list[dict[str, Any]] = []
+        async with asyncio.timeout(WAIT_TIMEOUT), replies.iterator(no_ack=True) as messages:
+            async for message in messages:
+                headers.append(dict(message.headers))
+                chunk = broker_pb2.TaskChunk.FromString(message.body)
+                if chunk.events[-1].HasField("generation_finish"):
+                    break
+    await wait_until(
+        lambda: any(span.name == "engine.generate" for span in spans.get_finished_spans())
+    )
+    engine_span = _one(list(spans.get_finished_spans()), "engine.generate")
+    assert engine_span.context.trace_id == trace_id
+    expected = f"00-{trace_id:032x}-{engine_span.context.span_id:016x}-01"
+    assert len(headers) >= 2
+    assert all(header.get("traceparent") == expected for header in headers), headers

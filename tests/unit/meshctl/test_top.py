@@ -18,6 +18,8 @@ llm_mesh_scheduler_tasks_ended_total{{model="m",outcome="completed"}} {done}
 llm_mesh_scheduler_tasks_ended_total{{model="m",outcome="expired"}} 1
 # TYPE llm_mesh_scheduler_queue_messages gauge
 llm_mesh_scheduler_queue_messages{{model="m"}} 5
+# TYPE llm_mesh_scheduler_queue_messages_unacknowledged gauge
+llm_mesh_scheduler_queue_messages_unacknowledged{{model="m"}} 3
 # TYPE llm_mesh_scheduler_queue_consumers gauge
 llm_mesh_scheduler_queue_consumers{{model="m"}} 2
 # TYPE llm_mesh_scheduler_workers gauge
@@ -54,7 +56,7 @@ def test_replicas_add_up_but_the_broker_queue_does_not() -> None:
     [row] = rows(now, before, before)
     assert row.model == "m"
     assert row.workers == "4/6"
-    assert (row.queued, row.consumers) == ("5", "2")  # not doubled
+    assert (row.queued, row.unacknowledged, row.consumers) == ("5", "3", "2")  # not doubled
     assert row.tokens_per_second == "200.0"  # (600 - 200) / 2 s
     assert row.chunks_per_second == "20.0"
     assert (row.completed, row.failed) == ("20", "2")
@@ -70,3 +72,13 @@ def test_an_idle_window_shows_the_percentiles_since_start() -> None:
     assert row.ttft_p50 == "400 ms"  # all 4 since start: rank 2 in (0.1, 1.0]
     [first] = rows(now, None, None)
     assert first.tokens_per_second == "-"
+
+
+def test_unacknowledged_is_unknown_without_the_management_api() -> None:
+    snapshot = Snapshot(1.0)
+    snapshot.add(
+        "# TYPE llm_mesh_scheduler_queue_messages gauge\n"
+        'llm_mesh_scheduler_queue_messages{model="m"} 0\n'
+    )
+    [row] = rows(snapshot, None, None)
+    assert (row.queued, row.unacknowledged) == ("0", "-")
