@@ -10,15 +10,13 @@
 - vLLM's own OpenAI server (real-model mode).
 
 Every process runs in its own process group (vLLM spawns an engine-core child) and is
-stopped by group: SIGTERM, then SIGKILL after a bound. CPU time is read per process tree
-with psutil.
+stopped by group: SIGTERM, then SIGKILL after a bound (`bench.process_mesh`). CPU time is read
+per process tree with psutil.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import socket
 import sys
 import uuid
@@ -28,17 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-import aio_pika
-import httpx
 import psutil
 
+from bench.process_mesh import LLM_MESH, ServiceProcess, start_process
+from meshctl._local_broker import delete_stack
 from plumbing.keystore import Keystore
 from plumbing.topology import Topology
 
 __all__ = [
     "LITELLM_VENV",
     "MeshStack",
-    "Service",
     "cpu_seconds",
     "rabbitmq_pids",
     "start_litellm",
@@ -48,72 +45,12 @@ __all__ = [
 
 BENCH: Final = Path(__file__).resolve().parent
 PYTHON: Final = sys.executable
-LLM_MESH: Final = str(Path(sys.executable).with_name("llm-mesh"))
 LITELLM_VENV: Final = BENCH / ".venv-litellm"
 AMQP_URL: Final = os.environ.get("LLM_MESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 #: Routing names inside the benchmark's gateway.
 UPSTREAM_MODEL: Final = "bench-upstream"
 SYNTHETIC_MODEL: Final = "bench-synthetic"
 _START_TIMEOUT: Final = 120.0
-_STOP_TIMEOUT: Final = 20.0
-
-
-@dataclass
-class Service:
-    """A process (group) under test, and the line it announced itself with."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    log: Path
-    ready_line: str = ""
-    _drain: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def pids(self) -> list[int]:
-        """The process and its descendants (LiteLLM's and vLLM's children count too)."""
-        try:
-            parent = psutil.Process(self.pid)
-            return [self.pid, *(child.pid for child in parent.children(recursive=True))]
-        except psutil.NoSuchProcess:
-            return []
-
-    def drain_stdout(self) -> None:
-        """Copies what the process still prints into its log (a full pipe would block it)."""
-        stdout = self.process.stdout
-        if stdout is None or self._drain is not None:
-            return
-
-        async def copy() -> None:
-            with self.log.open("ab") as log:
-                while line := await stdout.readline():
-                    log.write(line)
-
-        self._drain = asyncio.create_task(copy())
-
-    async def stop(self) -> None:
-        """SIGTERM to the group, SIGKILL after a bound; no member survives."""
-        if self.process.returncode is None:
-            _signal_group(self.pid, signal.SIGTERM)
-            try:
-                async with asyncio.timeout(_STOP_TIMEOUT):
-                    await self.process.wait()
-            except TimeoutError:
-                _signal_group(self.pid, signal.SIGKILL)
-                await self.process.wait()
-        _signal_group(self.pid, signal.SIGKILL)
-        if self._drain is not None:
-            await asyncio.wait([self._drain], timeout=_STOP_TIMEOUT)
-            self._drain.cancel()
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -148,68 +85,34 @@ def free_port() -> int:
         return port
 
 
-async def _spawn(
-    name: str, argv: list[str], env: Mapping[str, str], logs: Path, *, pipe: bool = True
-) -> Service:
-    """Starts a process group; stdout is a pipe (for its ready line) or goes to the log."""
-    log = logs / f"{name}.log"
-    with log.open("ab") as output:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            # No database for LiteLLM, whatever the caller's environment says.
-            env={**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, **env},
-            stdout=asyncio.subprocess.PIPE if pipe else output,
-            stderr=output,
-            start_new_session=True,
-        )
-    return Service(name, process, log)
+async def _start(
+    name: str, argv: list[str], env: Mapping[str, str], logs: Path, *, ready: str | None = None
+) -> ServiceProcess:
+    """Starts a process group logging to `logs/<name>.log`; with `ready`, once it printed it."""
+    return await start_process(
+        name,
+        argv,
+        # No database for LiteLLM, whatever the caller's environment says.
+        environment={**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, **env},
+        ready=ready,
+        log=logs / f"{name}.log",
+        start_timeout=_START_TIMEOUT,
+    )
 
 
-async def _await_line(service: Service, prefix: str) -> None:
-    """Waits for the service's `prefix` line on stdout, then drains stdout into its log."""
-    stdout = service.process.stdout
-    assert stdout is not None
+async def _await_http(service: ServiceProcess, url: str, limit: float = _START_TIMEOUT) -> None:
+    """Waits until `url` answers 200 within `limit` seconds (servers without a ready line);
+    stops the service if it does not."""
     try:
-        async with asyncio.timeout(_START_TIMEOUT):
-            while True:
-                line = (await stdout.readline()).decode()
-                if not line:
-                    await service.process.wait()
-                    raise RuntimeError(
-                        f"{service.name} exited ({service.process.returncode}); see {service.log}"
-                    )
-                if line.startswith(prefix):
-                    service.ready_line = line.strip()
-                    service.drain_stdout()
-                    return
+        await service.wait_http_ok(url, within=limit)
     except BaseException:
         await service.stop()
         raise
 
 
-async def _await_http(service: Service, url: str, limit: float = _START_TIMEOUT) -> None:
-    """Polls `url` until it answers 200 within `limit` seconds (servers without a ready line)."""
-    try:
-        async with httpx.AsyncClient(timeout=5.0) as client, asyncio.timeout(limit):
-            while True:
-                if service.process.returncode is not None:
-                    raise RuntimeError(
-                        f"{service.name} exited ({service.process.returncode}); see {service.log}"
-                    )
-                try:
-                    if (await client.get(url)).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)  # another process: nothing to await
-    except BaseException:
-        await service.stop()
-        raise
-
-
-async def start_upstream(logs: Path, *, tokens: int, interval: float) -> tuple[Service, str]:
+async def start_upstream(logs: Path, *, tokens: int, interval: float) -> tuple[ServiceProcess, str]:
     """The fake upstream; returns it and its base URL."""
-    service = await _spawn(
+    service = await _start(
         "upstream",
         [
             PYTHON,
@@ -220,12 +123,12 @@ async def start_upstream(logs: Path, *, tokens: int, interval: float) -> tuple[S
         ],
         {},
         logs,
+        ready="fake upstream ready:",
     )
-    await _await_line(service, "fake upstream ready:")
-    return service, service.ready_line.split("ready:", 1)[1].strip()
+    return service, service.http_url
 
 
-async def start_litellm(logs: Path, upstream_url: str) -> tuple[Service, str, str]:
+async def start_litellm(logs: Path, upstream_url: str) -> tuple[ServiceProcess, str, str]:
     """LiteLLM's proxy routing `bench-upstream` to the upstream; returns it, its URL and its
     master key (it refuses to start without one; without a database that is its only key)."""
     executable = LITELLM_VENV / "bin" / "litellm"
@@ -250,7 +153,7 @@ async def start_litellm(logs: Path, upstream_url: str) -> tuple[Service, str, st
     )
     port = free_port()
     master_key = f"sk-{uuid.uuid4().hex}{uuid.uuid4().hex}"
-    service = await _spawn(
+    service = await _start(
         "litellm",
         [
             str(executable),
@@ -270,7 +173,6 @@ async def start_litellm(logs: Path, upstream_url: str) -> tuple[Service, str, st
             "DISABLE_SCHEMA_UPDATE": "True",
         },
         logs,
-        pipe=False,
     )
     url = f"http://127.0.0.1:{port}"
     await _await_http(service, f"{url}/health/liveliness")
@@ -279,11 +181,11 @@ async def start_litellm(logs: Path, upstream_url: str) -> tuple[Service, str, st
 
 async def start_vllm_server(
     logs: Path, model_dir: Path, *, served_name: str, max_num_seqs: int, dtype: str
-) -> tuple[Service, str]:
+) -> tuple[ServiceProcess, str]:
     """vLLM's own OpenAI server on the model directory, set up as `worker.engine` sets up
     the worker's engine (same dtype, KV cache, eager mode, seed, thread binding)."""
     port = free_port()
-    service = await _spawn(
+    service = await _start(
         "vllm-server",
         [
             PYTHON,
@@ -313,7 +215,6 @@ async def start_vllm_server(
             "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0-1"),
         },
         logs,
-        pipe=False,
     )
     url = f"http://127.0.0.1:{port}"
     await _await_http(service, f"{url}/health", limit=600.0)
@@ -327,7 +228,7 @@ class MeshStack:
     logs: Path
     data_dir: Path
     prefix: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:8]}.")
-    services: dict[str, Service] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
     gateway_url: str = ""
     scheduler_target: str = ""
     #: A client key without limits (metered by the gateway like any user's).
@@ -373,7 +274,7 @@ class MeshStack:
             env,
             "llm-mesh scheduler ready:",
         )
-        self.scheduler_target = scheduler.ready_line.split("grpc=", 1)[1].split()[0]
+        self.scheduler_target = scheduler.grpc_target
         await self._start(
             "worker",
             [
@@ -409,32 +310,21 @@ class MeshStack:
             },
             "llm-mesh gateway ready:",
         )
-        self.gateway_url = gateway.ready_line.split("ready:", 1)[1].strip()
+        self.gateway_url = gateway.http_url
         # Ready = the worker's heartbeat reached the scheduler.
         await _await_http(gateway, f"{self.gateway_url}/readyz")
 
     async def _start(
         self, name: str, arguments: list[str], env: Mapping[str, str], ready: str
-    ) -> Service:
-        service = await _spawn(name, [LLM_MESH, "--log-level=WARNING", *arguments], env, self.logs)
+    ) -> ServiceProcess:
+        argv = [LLM_MESH, "--log-level=WARNING", *arguments]
+        service = await _start(name, argv, env, self.logs, ready=ready)
         self._exits.push_async_callback(service.stop)
-        await _await_line(service, ready)
         self.services[name] = service
         return service
 
     async def _delete_broker_objects(self, model: str) -> None:
-        topology = Topology(self.prefix)
-        connection = await aio_pika.connect(AMQP_URL)
-        async with connection:
-            channel = await connection.channel()
-            for queue in (topology.task_queue(model), topology.dead_letter_queue):
-                await channel.queue_delete(queue, if_unused=False, if_empty=False)
-            for exchange in (
-                topology.tasks_exchange,
-                topology.dead_letter_exchange,
-                topology.control_exchange,
-            ):
-                await channel.exchange_delete(exchange)
+        await delete_stack(AMQP_URL, Topology(self.prefix), [model])
 
     async def aclose(self) -> None:
         """Stops every process (gateway first) and deletes the broker objects."""

@@ -24,26 +24,25 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import signal
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aio_pika
-import httpx
-import psutil
+if __package__ in (None, ""):  # Run as a file: make `bench` importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import httpx
+
+from bench.process_mesh import LLM_MESH, ServiceProcess, start_process
+from meshctl._local_broker import delete_stack
 from plumbing.keystore import Keystore
 from plumbing.topology import Topology
 
 MODEL = "smollm2-135m"
-LLM_MESH = Path(sys.executable).with_name("llm-mesh")
 AMQP_URL = os.environ.get("LLM_MESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 START_TIMEOUT = 120.0
 #: A stream that takes longer than this counts as an error.
@@ -55,75 +54,34 @@ _MIB = 1024 * 1024
 
 
 @dataclass
-class Service:
-    """A `llm-mesh` subprocess in its own process group, and the line it announced."""
+class MemoryTrace:
+    """A service of the mesh under load, and its RSS (with its children) over time."""
 
-    name: str
-    process: asyncio.subprocess.Process
-    ready_line: str
+    service: ServiceProcess
     rss: list[tuple[float, int]] = field(default_factory=list)
 
-    def sample_rss(self, elapsed: float) -> None:
-        try:
-            root = psutil.Process(self.process.pid)
-            members = [root, *root.children(recursive=True)]
-            total = 0
-            for member in members:
-                try:
-                    total += member.memory_info().rss
-                except psutil.NoSuchProcess:
-                    continue
-        except psutil.NoSuchProcess:
-            return
-        self.rss.append((elapsed, total))
+    @property
+    def name(self) -> str:
+        return self.service.name
 
-    async def stop(self) -> None:
-        """SIGTERM to the group, bounded wait, then SIGKILL for anything left."""
-        if self.process.returncode is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                async with asyncio.timeout(20):
-                    await self.process.wait()
-            except TimeoutError:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        await self.process.wait()
+    def sample_rss(self, elapsed: float) -> None:
+        if self.service.process.returncode is None:
+            self.rss.append((elapsed, self.service.rss()))
 
 
 async def start_service(
-    name: str, args: list[str], *, env: Mapping[str, str], ready: str, log: Path
-) -> Service:
+    name: str, args: list[str], *, env: dict[str, str], ready: str, log: Path
+) -> MemoryTrace:
     """Starts `llm-mesh ARGS`; returns once it printed a line starting with `ready`."""
-    with log.open("wb") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            LLM_MESH,
-            *args,
-            env={**os.environ, **env},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(START_TIMEOUT):
-            while True:
-                line = (await process.stdout.readline()).decode()
-                if not line:
-                    await process.wait()
-                    raise RuntimeError(f"llm-mesh {name} exited ({process.returncode}); see {log}")
-                if line.startswith(ready):
-                    return Service(name, process, line.strip())
-    except BaseException:
-        if process.returncode is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-        raise
+    service = await start_process(
+        name,
+        [LLM_MESH, *args],
+        environment={**os.environ, **env},
+        ready=ready,
+        log=log,
+        start_timeout=START_TIMEOUT,
+    )
+    return MemoryTrace(service)
 
 
 @dataclass
@@ -198,7 +156,7 @@ async def _client(
 
 
 async def _sample(
-    services: list[Service], began: float, interval: float, stop: asyncio.Event
+    services: list[MemoryTrace], began: float, interval: float, stop: asyncio.Event
 ) -> None:
     while not stop.is_set():
         for service in services:
@@ -219,14 +177,14 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def _rss_at(service: Service, elapsed: float) -> int:
+def _rss_at(service: MemoryTrace, elapsed: float) -> int:
     """The last sample taken at or before `elapsed` (the first one if none)."""
     before = [rss for at, rss in service.rss if at <= elapsed]
     return before[-1] if before else service.rss[0][1]
 
 
 def _report(
-    services: list[Service], load: Load, args: argparse.Namespace
+    services: list[MemoryTrace], load: Load, args: argparse.Namespace
 ) -> tuple[dict[str, Any], bool]:
     measured = max(args.duration, 1e-9)
     growth_failures = []
@@ -284,23 +242,9 @@ def _print(report: dict[str, Any]) -> None:
         print(f"            {memory['samples']}")
 
 
-async def _delete_broker_objects(topology: Topology) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        for queue in (topology.task_queue(MODEL), topology.dead_letter_queue):
-            await channel.queue_delete(queue, if_unused=False, if_empty=False)
-        for exchange in (
-            topology.tasks_exchange,
-            topology.dead_letter_exchange,
-            topology.control_exchange,
-        ):
-            await channel.exchange_delete(exchange)
-
-
 async def _start_mesh(
     data_dir: Path, prefix: str, args: argparse.Namespace
-) -> tuple[list[Service], str, str]:
+) -> tuple[list[MemoryTrace], str, str]:
     """The services (started in order) and the gateway's URL and a client key."""
     keystore = Keystore.open(f"sqlite:///{data_dir / 'llm-mesh.sqlite3'}")
     try:
@@ -316,7 +260,7 @@ async def _start_mesh(
         "LLM_MESH_WORKER_GRACE_PERIOD": "2",
         "LLM_MESH_GATEWAY_SERVICE_CREDENTIAL": service_key,
     }
-    services: list[Service] = []
+    services: list[MemoryTrace] = []
     try:
         scheduler = await start_service(
             "scheduler",
@@ -326,9 +270,6 @@ async def _start_mesh(
             log=data_dir / "scheduler.log",
         )
         services.append(scheduler)
-        target = re.search(r"grpc=(\S+)", scheduler.ready_line)
-        if target is None:
-            raise RuntimeError(f"unexpected ready line: {scheduler.ready_line}")
         worker_args = ["worker", "--engine", args.engine, "--model", MODEL]
         worker_args += ["--capacity", str(args.capacity), "--http-bind", "127.0.0.1:0"]
         services.append(
@@ -343,20 +284,17 @@ async def _start_mesh(
         gateway = await start_service(
             "gateway",
             ["gateway", "--port", "0"],
-            env={**env, "LLM_MESH_GATEWAY_SCHEDULER_TARGETS": target.group(1)},
+            env={**env, "LLM_MESH_GATEWAY_SCHEDULER_TARGETS": scheduler.service.grpc_target},
             ready="llm-mesh gateway ready:",
             log=data_dir / "gateway.log",
         )
         services.append(gateway)
-        url = gateway.ready_line.split("ready:", 1)[1].strip()
-        async with httpx.AsyncClient(base_url=url) as client:
-            async with asyncio.timeout(START_TIMEOUT):
-                # Readiness follows the worker's heartbeats; there is nothing to await.
-                while (await client.get("/readyz")).status_code != 200:  # noqa: ASYNC110
-                    await asyncio.sleep(0.1)
+        url = gateway.service.http_url
+        # Readiness follows the worker's heartbeats.
+        await gateway.service.wait_http_ok(f"{url}/readyz", within=START_TIMEOUT)
     except BaseException:
         for service in reversed(services):
-            await service.stop()
+            await service.service.stop()
         raise
     return services, url, client_key
 
@@ -369,7 +307,7 @@ async def run(args: argparse.Namespace) -> int:
             services, url, client_key = await _start_mesh(data_dir, prefix, args)
         except (RuntimeError, TimeoutError) as error:
             print(f"the mesh did not start: {error}", file=sys.stderr)
-            await _delete_broker_objects(Topology(prefix))
+            await delete_stack(AMQP_URL, Topology(prefix), [MODEL])
             return 2
         try:
             began = time.monotonic()
@@ -386,13 +324,13 @@ async def run(args: argparse.Namespace) -> int:
             finally:
                 stop.set()
                 await sampler
-            dead = [service.name for service in services if service.process.returncode is not None]
+            dead = [s.name for s in services if s.service.process.returncode is not None]
             if dead:
                 load.errors.append(f"services died during the run: {dead}")
         finally:
             for service in reversed(services):
-                await service.stop()
-            await _delete_broker_objects(Topology(prefix))
+                await service.service.stop()
+            await delete_stack(AMQP_URL, Topology(prefix), [MODEL])
     report, ok = _report(services, load, args)
     _print(report)
     if args.json:

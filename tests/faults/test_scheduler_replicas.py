@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from edge_client import SseEvent, native_body, stream_native
-from fault_mesh import FaultMesh, Service, wait_until
+from fault_mesh import FaultMesh
 
+from bench.process_mesh import ServiceProcess, wait_until
 from plumbing.client import HEALTH_CHECK_INTERVAL
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -33,7 +34,14 @@ FAST_ANSWER = 2.0
 
 
 class Replicas:
-    def __init__(self, mesh: FaultMesh, a: Service, b: Service, worker: Service, gateway: Service):
+    def __init__(
+        self,
+        mesh: FaultMesh,
+        a: ServiceProcess,
+        b: ServiceProcess,
+        worker: ServiceProcess,
+        gateway: ServiceProcess,
+    ):
         self.mesh = mesh
         self.a = a
         self.b = b
@@ -88,7 +96,7 @@ async def test_a_frozen_replica_fails_its_health_checks_and_gets_no_traffic(
     Promise: the gateway's health checks fail, it stops sending requests to B, and every
     request succeeds through A; once B thaws (SIGCONT) it gets traffic again.
     Bound: 3 health-check intervals (3 s) after the freeze, each request answers within 2 s."""
-    replicas.b.signal(signal.SIGSTOP)
+    replicas.b.signal_group(signal.SIGSTOP)
     try:
         # The gateway's health checks run every interval; nothing outside it can be awaited.
         await asyncio.sleep(HEALTH_BOUND)
@@ -97,7 +105,7 @@ async def test_a_frozen_replica_fails_its_health_checks_and_gets_no_traffic(
             assert status == 200 and events[-1].event == "generation.finish"
             assert seconds < FAST_ANSWER, seconds
     finally:
-        replicas.b.signal(signal.SIGCONT)
+        replicas.b.signal_group(signal.SIGCONT)
     before = await replicas.b.metric(PUBLISHED)
 
     async def b_serves_again() -> bool:

@@ -11,9 +11,11 @@ the processes (flushing their spans) and keeps what they wrote.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ipaddress
 import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,8 +27,9 @@ import psutil
 import pytest
 import pytest_asyncio
 from edge_client import native_body, stream_native
-from fault_mesh import FaultMesh, Service, chat
+from fault_mesh import FaultMesh, chat
 
+from bench.process_mesh import ServiceProcess, wait_until
 from gateway.settings import GatewaySettings
 from plumbing.client import SchedulerClient
 from plumbing.keystore import Keystore
@@ -102,8 +105,8 @@ async def exposure(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ex
 
 async def _traffic(
     mesh: FaultMesh,
-    scheduler: Service,
-    gateway: Service,
+    scheduler: ServiceProcess,
+    gateway: ServiceProcess,
     *,
     user: str,
     limited: str,
@@ -221,51 +224,132 @@ async def test_object_storage_refuses_anonymous_requests(object_storage: S3Serve
     assert [response.status_code for response in anonymous] == [403] * 5
     assert client.get_object(bucket, "object").read() == b"secret"
     assert object_storage.pid is not None
-    sockets = [
-        connection.laddr.ip
+    sockets = _listening(object_storage.pid)
+    assert sockets and all(_loopback(address) for address, _ in sockets), sockets
+
+
+#: Every component of `weed mini` listens on an HTTP port and a gRPC port (S3's included).
+_WEED_COMPONENTS = 5
+
+
+def _listening(group: int) -> set[tuple[str, int]]:
+    """The (address, port) of every socket the process group listens on."""
+    return {
+        (connection.laddr.ip, connection.laddr.port)
         for process in psutil.process_iter()
-        if _in_group(process, object_storage.pid)
+        if _in_group(process, group)
         for connection in process.net_connections(kind="inet")
         if connection.status == psutil.CONN_LISTEN
-    ]
-    assert sockets and all(_loopback(address) for address in sockets), sockets
+    }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="weed mini's filer HTTP API is open on loopback: no JWT keys are configured "
-    "(SeaweedFS security.toml: jwt.filer_signing / jwt.filer_signing.read); "
-    "plumbing/s3_server.py should generate them as it generates the S3 credentials",
-)
-async def test_object_storage_internal_http_apis_refuse_anonymous_requests(
+def _listening_ports(group: int) -> set[int]:
+    return {port for _, port in _listening(group)}
+
+
+async def _refuses_tls_without_a_client_certificate(port: int) -> bool:
+    """Whether a TLS client that presents no certificate gets no HTTP/2 frame from `port`."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # The server's certificate is not the question here.
+    context.set_alpn_protocols(["h2"])
+    try:
+        async with asyncio.timeout(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    except (ssl.SSLError, ConnectionError):
+        return True
+    try:
+        writer.write(_HTTP2_PREFACE)
+        async with asyncio.timeout(5):
+            # TLS 1.3: the server's refusal (alert 116, certificate required) follows the
+            # handshake; a server that accepted would answer the preface with SETTINGS.
+            answer = await reader.read(64)
+    except (ssl.SSLError, ConnectionError):
+        return True
+    finally:
+        writer.close()
+    return answer == b""
+
+
+#: HTTP/2's connection preface and an empty SETTINGS frame (RFC 9113, section 3.4).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+async def _plaintext_grpc_code(port: int) -> grpc.StatusCode:
+    """The status of a plaintext gRPC call of a real SeaweedFS method on `port`."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(
+            "/master_pb.Seaweed/GetMasterConfiguration",
+            request_serializer=_identity,
+            response_deserializer=_identity,
+        )
+        try:
+            await call(b"", timeout=5)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+    return grpc.StatusCode.OK
+
+
+def _identity(message: bytes) -> bytes:
+    return message
+
+
+async def test_object_storage_internal_ports_refuse_anonymous_requests(
     object_storage: S3Server,
 ) -> None:
-    """Fault: plain HTTP requests, without credentials, to every other port of the storage's
-    `weed` process (master, volume, filer, admin). Promise: none of them serves an object
-    stored through S3 — no way around the S3 credentials for a local process."""
+    """Fault: requests without credentials to every other port of the storage's `weed`
+    process (master, volume server, filer, admin): plain HTTP reads and writes of their APIs
+    (a path read or write, an upload through the master, a file id assignment, a collection —
+    the bucket's data — dropped, volumes grown), and gRPC without a client certificate.
+    Promise: no way around the S3 credentials for a local process — every HTTP request is
+    refused (4xx) and reads nothing, the bucket keeps exactly what S3 wrote; every gRPC port
+    refuses a plaintext call and a TLS client that presents no certificate."""
     client = connect_s3(object_storage.mesh_settings(MeshSettings()))
     bucket = f"private-{uuid.uuid4().hex[:6]}"
     client.make_bucket(bucket)
     client.put_object(bucket, "object", io.BytesIO(b"secret"), 6)
-    assert object_storage.pid is not None
+    group = object_storage.pid
+    assert group is not None
+    # The admin component comes up last, after S3 answers: wait for every listener.
+    await wait_until(lambda: len(_listening_ports(group)) == 2 * _WEED_COMPONENTS, within=15)
     s3_port = int(object_storage.endpoint.rsplit(":", 1)[1])
-    ports = {
-        connection.laddr.port
-        for process in psutil.process_iter()
-        if _in_group(process, object_storage.pid)
-        for connection in process.net_connections(kind="inet")
-        if connection.status == psutil.CONN_LISTEN and connection.laddr.port != s3_port
-    }
-    served = []
+    http_ports, grpc_ports = [], []
     async with httpx.AsyncClient(timeout=5) as http:
-        for port in sorted(ports):
+        for port in sorted(_listening_ports(group) - {s3_port}):
             try:
-                response = await http.get(f"http://127.0.0.1:{port}/buckets/{bucket}/object")
+                await http.get(f"http://127.0.0.1:{port}/")
             except httpx.HTTPError:
-                continue  # a gRPC port
-            if response.status_code == 200 and response.content == b"secret":
-                served.append(port)
-    assert served == []
+                grpc_ports.append(port)  # Not HTTP/1: a gRPC port (TLS only).
+            else:
+                http_ports.append(port)
+        assert len(http_ports) == _WEED_COMPONENTS - 1, http_ports
+        answers = []
+        for port in http_ports:
+            base = f"http://127.0.0.1:{port}"
+            upload = {"file": ("planted", b"planted")}
+            answers += [
+                await http.get(f"{base}/buckets/{bucket}/object"),
+                await http.get(f"{base}/buckets/{bucket}/"),
+                await http.put(f"{base}/buckets/{bucket}/planted", content=b"planted"),
+                await http.post(f"{base}/buckets/{bucket}/", files=upload),
+                await http.delete(f"{base}/buckets/{bucket}/object"),
+                await http.post(f"{base}/submit", files=upload),
+                await http.get(f"{base}/dir/assign"),
+                await http.get(f"{base}/col/delete", params={"collection": bucket}),
+                await http.get(f"{base}/vol/grow", params={"count": "1", "collection": "x"}),
+            ]
+    granted = [
+        (str(answer.request.url), answer.status_code)
+        for answer in answers
+        if not 400 <= answer.status_code < 500 or b"secret" in answer.content
+    ]
+    assert granted == []
+    assert client.get_object(bucket, "object").read() == b"secret"
+    assert [item.object_name for item in client.list_objects(bucket)] == ["object"]
+    assert len(grpc_ports) == _WEED_COMPONENTS, grpc_ports
+    for port in grpc_ports:
+        assert await _plaintext_grpc_code(port) == grpc.StatusCode.UNAVAILABLE, port
+        assert await _refuses_tls_without_a_client_certificate(port), port
 
 
 def _in_group(process: psutil.Process, group: int) -> bool:

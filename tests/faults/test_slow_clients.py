@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 from edge_client import native_body, stream_native
-from fault_mesh import FaultMesh, Service
+from fault_mesh import FaultMesh
 from stalled_client import StalledClient
+
+from bench.process_mesh import ServiceProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -50,10 +52,10 @@ DROP_BOUND = 10.0
 @dataclass
 class Readers:
     mesh: FaultMesh
-    scheduler: Service
-    fast: Service
-    slow: Service
-    gateway: Service
+    scheduler: ServiceProcess
+    fast: ServiceProcess
+    slow: ServiceProcess
+    gateway: ServiceProcess
     api_key: str
 
 

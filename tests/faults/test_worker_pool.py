@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
-from fault_mesh import FaultMesh, Service, chat, kinds, wait_until
+from fault_mesh import FaultMesh, chat, kinds
 from llmmesh.v1 import events_pb2
 
+from bench.process_mesh import ServiceProcess, wait_until
 from plumbing.client import SchedulerClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -33,7 +34,7 @@ GRACE = 2.0
 
 
 class Pool:
-    def __init__(self, mesh: FaultMesh, scheduler: Service) -> None:
+    def __init__(self, mesh: FaultMesh, scheduler: ServiceProcess) -> None:
         self.mesh = mesh
         self.scheduler = scheduler
         self.client: SchedulerClient = mesh.client(scheduler)
@@ -140,7 +141,7 @@ async def test_sigterm_finishes_in_flight_sequences_stops_consuming_and_exits_wi
     short = [asyncio.create_task(_generate(pool.client, model, max_tokens=30)) for _ in range(3)]
     long = asyncio.create_task(_generate(pool.client, model, max_tokens=1000))
     await leaving.wait_metric(STARTED, lambda v: v == 4)
-    leaving.signal(signal.SIGTERM)
+    leaving.signal_group(signal.SIGTERM)
     signalled = time.monotonic()
     late = asyncio.create_task(_generate(pool.client, model, max_tokens=5))
     assert await leaving.wait(GRACE + 1.5) == 0
@@ -180,7 +181,7 @@ async def test_a_crashed_worker_loses_only_its_started_streams(pool: Pool) -> No
     )
     await pool.mesh.wait_for_workers(pool.scheduler, model, count=2)
     published = await pool.scheduler.metric(PUBLISHED)
-    doomed.signal(signal.SIGSTOP)  # It holds what it is given, and starts nothing more.
+    doomed.signal_group(signal.SIGSTOP)  # It holds what it is given, and starts nothing more.
     held = [asyncio.create_task(_generate(pool.client, model, max_tokens=5)) for _ in range(2)]
     await pool.scheduler.wait_metric(PUBLISHED, lambda v: v == published + 2)
     await wait_until(lambda: _depth_is(pool.mesh, model, 0))

@@ -10,10 +10,12 @@ machine"). There are two kinds:
   the prefix's broker objects deleted). Tests that use it get the `vllm` marker.
 - Tests marked `vllm` that do not use `vllm_worker` bring their own engine: the in-process
   engines of `worker/test_vllm_engine.py` and of `tests/quality/`, a worker pulling the model
-  from S3 in `storage/`. `pytest_collection_modifyitems` (pytest hands it every item of the
-  session, not only this directory's) runs their modules before every other test, so their
-  engines are closed (by their tests, at the latest by their module's or package's teardown)
-  before anything can start the shared worker. A module must not mix the two kinds.
+  from S3 in `storage/`, `llm-mesh up`'s worker in `deploy/test_quickstart.py`, the worker
+  whose engine core `observability/test_vllm_watchdog.py` freezes.
+  `pytest_collection_modifyitems` (pytest hands it every item of the session, not only this
+  directory's) runs their directories before every other test, so their engines are closed
+  (by their tests, at the latest by their module's or package's teardown) before anything can
+  start the shared worker. A module must not mix the two kinds.
 
 The shared worker and the in-process engine check, just before they start, that no vLLM
 engine process descends from this session (`shared_worker.assert_no_vllm_engine`): should an

@@ -10,103 +10,49 @@ Two meshes, each with its own scheduler, data directory (keys, ledger) and gatew
   (`vllm_worker`, `../conftest.py`), whose broker prefix the scheduler joins — for every
   test of what the model outputs.
 
-Processes run in their own process groups and are stopped by group at the end; the broker
-objects a mesh declared are deleted (those of the real mesh's prefix by `vllm_worker`).
+Processes run in their own process groups (`bench.process_mesh`) and are stopped by group at
+the end, leaving nothing behind; the broker objects a mesh declared are deleted (those of the
+real mesh's prefix by `vllm_worker`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import re
 import signal
 import ssl
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aio_pika
-import httpx
 import pytest
 import pytest_asyncio
 from shared_worker import MISSED_HEARTBEATS, SharedWorker
 
+from bench.process_mesh import LLM_MESH, ServiceProcess, start_process, wait_until
+from meshctl._local_broker import delete_stack
 from plumbing.client import SchedulerClient
 from plumbing.keystore import Keystore
 from plumbing.topology import Topology
 
 MODEL = "smollm2-135m"
-LLM_MESH = str(Path(sys.executable).with_name("llm-mesh"))
 #: Bound of every process start-up and readiness wait.
 START_TIMEOUT = 60.0
 
 
-@dataclass
-class Process:
-    """A `llm-mesh` subprocess in its own process group, and the line it announced."""
-
-    process: asyncio.subprocess.Process
-    ready_line: str
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def stop(self, signum: int = signal.SIGTERM) -> int:
-        """Signals the group, waits (bounded), and makes sure no member survives."""
-        if self.process.returncode is None:
-            try:
-                os.killpg(self.pid, signum)
-            except ProcessLookupError:
-                pass
-            try:
-                async with asyncio.timeout(20):
-                    await self.process.wait()
-            except TimeoutError:
-                os.killpg(self.pid, signal.SIGKILL)
-                await self.process.wait()
-        try:
-            os.killpg(self.pid, signal.SIGKILL)  # stragglers (e.g. an engine's child)
-        except ProcessLookupError:
-            pass
-        assert self.process.returncode is not None
-        return self.process.returncode
-
-
-async def start_process(
+async def _start(
     args: list[str], *, env: Mapping[str, str], ready: str, log: Path
-) -> Process:
+) -> ServiceProcess:
     """Starts `llm-mesh ARGS`; returns once it printed a line starting with `ready`."""
-    with log.open("wb") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            LLM_MESH,
-            *args,
-            env={**os.environ, **env},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(START_TIMEOUT):
-            while True:
-                line = (await process.stdout.readline()).decode()
-                if not line:
-                    await process.wait()
-                    raise RuntimeError(
-                        f"llm-mesh {args[0]} exited ({process.returncode}); see {log}"
-                    )
-                if line.startswith(ready):
-                    return Process(process, line.strip(), log)
-    except BaseException:
-        if process.returncode is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-        raise
+    return await start_process(
+        log.stem,
+        [LLM_MESH, *args],
+        environment={**os.environ, **env},
+        ready=ready,
+        log=log,
+        start_timeout=START_TIMEOUT,
+    )
 
 
 @dataclass
@@ -119,7 +65,7 @@ class Mesh:
     base_env: dict[str, str]
     #: The gateway's service credential: the scheduler requires an API key on every call.
     service_key: str
-    processes: list[Process] = field(default_factory=list)
+    processes: list[ServiceProcess] = field(default_factory=list)
 
     @property
     def keystore_url(self) -> str:
@@ -133,26 +79,12 @@ def _sqlite_url(data_dir: str) -> str:
 
 async def _wait_for_model(target: str, model: str, api_key: str) -> None:
     async with SchedulerClient(target, api_key=api_key) as client:
-        async with asyncio.timeout(START_TIMEOUT):
-            while True:
-                models = await client.list_models()
-                if any(info.name == model and info.ready_workers > 0 for info in models):
-                    return
-                await asyncio.sleep(0.05)  # heartbeats are periodic: nothing to await
 
+        async def served() -> bool:
+            models = await client.list_models()
+            return any(info.name == model and info.ready_workers > 0 for info in models)
 
-async def _delete_broker_objects(amqp_url: str, topology: Topology) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for queue in (topology.task_queue(MODEL), topology.dead_letter_queue):
-            await channel.queue_delete(queue, if_unused=False, if_empty=False)
-        for exchange in (
-            topology.tasks_exchange,
-            topology.dead_letter_exchange,
-            topology.control_exchange,
-        ):
-            await channel.exchange_delete(exchange)
+        await wait_until(served, within=START_TIMEOUT)
 
 
 @asynccontextmanager
@@ -180,19 +112,17 @@ async def _running_mesh(
     keystore = Keystore.open(_sqlite_url(base_env["LLM_MESH_DATA_DIR"]))
     service_key, _ = keystore.create_key("gateway", service=True)
     keystore.close()
-    processes: list[Process] = []
+    processes: list[ServiceProcess] = []
     try:
-        scheduler = await start_process(
+        scheduler = await _start(
             ["scheduler", "--grpc-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"],
             env=base_env,
             ready="llm-mesh scheduler ready:",
             log=logs / "scheduler.log",
         )
         processes.append(scheduler)
-        target = re.search(r"grpc=(\S+)", scheduler.ready_line)
-        assert target is not None
         if shared_worker is None:
-            worker = await start_process(
+            worker = await _start(
                 [
                     "worker",
                     "--engine",
@@ -207,15 +137,13 @@ async def _running_mesh(
                 log=logs / "worker.log",
             )
             processes.append(worker)
-            metrics = re.search(r"http=(\S+)", worker.ready_line)
-            assert metrics is not None
-            metrics_url = metrics.group(1).rstrip("/") + "/metrics"
+            metrics_url = f"{worker.http_url}/metrics"
         else:
             metrics_url = shared_worker.metrics_url
-        await _wait_for_model(target.group(1), MODEL, service_key)
+        await _wait_for_model(scheduler.grpc_target, MODEL, service_key)
         yield Mesh(
             prefix=prefix,
-            scheduler_target=target.group(1),
+            scheduler_target=scheduler.grpc_target,
             worker_metrics_url=metrics_url,
             base_env=base_env,
             service_key=service_key,
@@ -225,9 +153,10 @@ async def _running_mesh(
         for process in reversed(processes):
             await process.stop()
         if shared_worker is None:
-            await _delete_broker_objects(
+            await delete_stack(
                 os.environ.get("LLM_MESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
                 Topology(prefix),
+                [MODEL],
             )
 
 
@@ -256,7 +185,7 @@ async def real_mesh(
 class Gateway:
     """A running `llm-mesh gateway` and the database it records to."""
 
-    process: Process
+    process: ServiceProcess
     url: str
     keystore: Keystore
 
@@ -282,17 +211,12 @@ async def start_gateway(
         "LLM_MESH_GATEWAY_SERVICE_CREDENTIAL": service_credential or mesh.service_key,
         **(extra_env or {}),
     }
-    process = await start_process(
+    process = await _start(
         ["gateway", "--port", "0"], env=env, ready="llm-mesh gateway ready:", log=log
     )
-    url = process.ready_line.split("ready:", 1)[1].strip()
-    async with httpx.AsyncClient(base_url=url, verify=verify) as client:
-        async with asyncio.timeout(START_TIMEOUT):
-            while True:
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)  # readiness follows the worker's heartbeats
-    return Gateway(process=process, url=url, keystore=keystore)
+    # Readiness follows the worker's heartbeats.
+    await process.wait_http_ok(f"{process.http_url}/readyz", within=START_TIMEOUT, verify=verify)
+    return Gateway(process=process, url=process.http_url, keystore=keystore)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from request_path_harness import BrokerInspector, Mesh
+from broker_inspector import BrokerInspector
+from request_path_harness import Mesh
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

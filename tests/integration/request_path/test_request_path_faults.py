@@ -14,9 +14,11 @@ import aio_pika
 import grpc
 import pytest
 import pytest_asyncio
+from broker_inspector import AMQP_URL, BrokerInspector
 from llmmesh.v1 import broker_pb2, events_pb2
-from request_path_harness import AMQP_URL, BrokerInspector, Mesh, chat, kinds, wait_until
+from request_path_harness import Mesh, chat, kinds
 
+from bench.process_mesh import wait_until
 from scheduler.server import SchedulerServer
 
 #: A stream that runs for seconds unless stopped.

@@ -6,8 +6,11 @@ import asyncio
 from typing import Any
 
 import grpc
+from broker_inspector import BrokerInspector
 from llmmesh.v1 import chat_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
-from request_path_harness import BrokerInspector, Mesh, chat, wait_until
+from request_path_harness import Mesh, chat
+
+from bench.process_mesh import wait_until
 
 
 async def test_an_interactive_task_is_served_before_a_batch_backlog(

@@ -11,11 +11,13 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from broker_inspector import BrokerInspector
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from llmmesh.v1 import events_pb2
-from request_path_harness import BrokerInspector, Mesh, WorkerProcess, chat, kinds, status_details
+from request_path_harness import Mesh, chat, kinds, status_details
 
+from bench.process_mesh import ServiceProcess
 from plumbing.client import SchedulerClient
 from scheduler.server import SchedulerServer
 
@@ -30,7 +32,7 @@ async def scheduler(mesh: Mesh) -> SchedulerServer:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def worker(mesh: Mesh, scheduler: SchedulerServer) -> WorkerProcess:
+async def worker(mesh: Mesh, scheduler: SchedulerServer) -> ServiceProcess:
     return await mesh.start_worker(
         MODEL,
         scheduler=scheduler,
@@ -42,7 +44,7 @@ async def worker(mesh: Mesh, scheduler: SchedulerServer) -> WorkerProcess:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def client(mesh: Mesh, scheduler: SchedulerServer, worker: WorkerProcess) -> SchedulerClient:
+async def client(mesh: Mesh, scheduler: SchedulerServer, worker: ServiceProcess) -> SchedulerClient:
     return mesh.client(scheduler)
 
 
@@ -146,7 +148,7 @@ async def test_a_model_without_a_live_worker_is_unavailable_fast(
 async def test_a_burst_leaves_no_request_state_and_no_stray_queues(
     client: SchedulerClient,
     scheduler: SchedulerServer,
-    worker: WorkerProcess,
+    worker: ServiceProcess,
     broker: BrokerInspector,
 ) -> None:
     slots = asyncio.Semaphore(50)
@@ -174,13 +176,13 @@ async def test_a_burst_leaves_no_request_state_and_no_stray_queues(
         f"{prefix}llm.dead",
         scheduler.broker.reply_queue_name,
         scheduler.broker.control_queue_name,
-        worker.control_queue,
+        f"{prefix}llm.control.worker.{worker.fields['worker_id']}",
     }
     assert await broker.depth(f"{prefix}llm.tasks.{MODEL}") == 0
 
 
 async def test_probes_and_the_grpc_health_service_report_serving(
-    scheduler: SchedulerServer, worker: WorkerProcess
+    scheduler: SchedulerServer, worker: ServiceProcess
 ) -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{scheduler.http_port}") as http:
         assert (await http.get("/healthz")).status_code == 200
@@ -188,7 +190,7 @@ async def test_probes_and_the_grpc_health_service_report_serving(
         metrics = (await http.get("/metrics")).text
     assert "llm_mesh_scheduler_requests_in_flight" in metrics
     assert "llm_mesh_scheduler_tasks_published_total" in metrics
-    assert await worker.readyz() == 200
+    assert await worker.probe("/readyz") == 200
     async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.port}") as channel:
         check = channel.unary_unary(
             "/grpc.health.v1.Health/Check",

@@ -11,8 +11,9 @@ import grpc
 import pytest
 import pytest_asyncio
 from llmmesh.v1 import events_pb2
-from request_path_harness import Mesh, chat, kinds, wait_until
+from request_path_harness import Mesh, chat, kinds
 
+from bench.process_mesh import wait_until
 from plumbing.client import SchedulerClient
 from scheduler.server import SchedulerServer
 

@@ -21,7 +21,8 @@ from plumbing.s3_client import connect_s3
 from plumbing.s3_server import S3Server
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "request_path"))
-from request_path_harness import BrokerInspector, Mesh
+from broker_inspector import BrokerInspector
+from request_path_harness import Mesh
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

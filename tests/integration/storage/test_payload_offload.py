@@ -22,22 +22,14 @@ import grpc
 import pytest
 import pytest_asyncio
 from aio_pika.abc import AbstractQueue
+from broker_inspector import AMQP_URL, BrokerInspector
 from google.rpc import error_details_pb2, status_pb2
 from llmmesh.v1 import broker_pb2, events_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
 from minio import Minio
 from pydantic import SecretStr
-from request_path_harness import (
-    AMQP_URL,
-    START_TIMEOUT,
-    BrokerInspector,
-    Mesh,
-    WorkerProcess,
-    chat,
-    kinds,
-    status_details,
-    wait_until,
-)
+from request_path_harness import START_TIMEOUT, Mesh, chat, kinds, status_details
 
+from bench.process_mesh import ServiceProcess, wait_until
 from plumbing.object_store import PayloadStore
 from plumbing.s3_server import S3Server
 from plumbing.settings import MeshSettings
@@ -46,7 +38,11 @@ from scheduler.server import SchedulerServer
 MODEL = "offload"
 THRESHOLD = 4096
 #: Environment of workers that reach the session's storage with the test's chunk limit.
-LIMITS = {"LLM_MESH_WORKER_PAYLOAD_THRESHOLD_BYTES": str(THRESHOLD)}
+LIMITS = {
+    "LLM_MESH_WORKER_PAYLOAD_THRESHOLD_BYTES": str(THRESHOLD),
+    # The long-output test asks for 64 sequences at once (the scheduler allows it too).
+    "LLM_MESH_WORKER_MAX_N": "64",
+}
 #: Synthetic workers here take multi-MiB prompts.
 SYNTHETIC: dict[str, Any] = {"max_context": 10_000_000, "token_interval": 0.001}
 WAIT = 20.0
@@ -74,7 +70,7 @@ async def scheduler(mesh: Mesh, s3_server: S3Server, payload_bucket: str) -> Sch
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def worker(mesh: Mesh, scheduler: SchedulerServer, s3_server: S3Server) -> WorkerProcess:
+async def worker(mesh: Mesh, scheduler: SchedulerServer, s3_server: S3Server) -> ServiceProcess:
     return await mesh.start_worker(
         MODEL, scheduler=scheduler, env={**s3_server.environment(), **LIMITS}, **SYNTHETIC
     )
@@ -124,11 +120,12 @@ async def _stored(client: Minio, bucket: str) -> list[str]:
     return await asyncio.to_thread(names)
 
 
-async def _knows(scheduler: SchedulerServer, worker: WorkerProcess) -> None:
+async def _knows(scheduler: SchedulerServer, worker: ServiceProcess) -> None:
     async with asyncio.timeout(START_TIMEOUT):
         await scheduler.registry.wait_for(
             lambda registry: any(
-                beat.worker_id == worker.worker_id and beat.ready for beat in registry.workers()
+                beat.worker_id == worker.fields["worker_id"] and beat.ready
+                for beat in registry.workers()
             )
         )
 
@@ -160,7 +157,7 @@ def _storage_at(port: int) -> MeshSettings:
 async def test_a_long_prompt_goes_by_reference_and_the_task_message_stays_small(
     mesh: Mesh,
     scheduler: SchedulerServer,
-    worker: WorkerProcess,
+    worker: ServiceProcess,
     task_copies: AbstractQueue,
     s3_client: Minio,
     payload_bucket: str,
@@ -194,7 +191,7 @@ async def test_a_long_prompt_goes_by_reference_and_the_task_message_stays_small(
 async def test_a_multi_mib_prompt_round_trips_through_storage(
     mesh: Mesh,
     scheduler: SchedulerServer,
-    worker: WorkerProcess,
+    worker: ServiceProcess,
     task_copies: AbstractQueue,
     s3_client: Minio,
     payload_bucket: str,
@@ -214,7 +211,7 @@ async def test_a_multi_mib_prompt_round_trips_through_storage(
 
 
 async def test_a_long_output_goes_out_in_chunks_under_the_limit(
-    scheduler: SchedulerServer, worker: WorkerProcess
+    scheduler: SchedulerServer, worker: ServiceProcess
 ) -> None:
     sequences, tokens = 64, 200
     request = chat(model=MODEL, n=sequences, max_tokens=tokens, ignore_eos=True)
@@ -237,7 +234,7 @@ async def test_a_long_output_goes_out_in_chunks_under_the_limit(
 async def test_the_stored_body_is_deleted_when_the_caller_cancels(
     mesh: Mesh,
     scheduler: SchedulerServer,
-    worker: WorkerProcess,
+    worker: ServiceProcess,
     s3_client: Minio,
     payload_bucket: str,
 ) -> None:
@@ -303,7 +300,7 @@ def _flip_a_byte(client: Minio, bucket: str, key: str) -> None:
 
 
 async def test_storage_refusing_connections_is_a_fast_retryable_unavailable(
-    mesh: Mesh, worker: WorkerProcess
+    mesh: Mesh, worker: ServiceProcess
 ) -> None:
     cut_off = await mesh.start_scheduler(
         mesh=_storage_at(_closed_port()), payload_threshold_bytes=THRESHOLD
@@ -323,7 +320,7 @@ async def test_storage_refusing_connections_is_a_fast_retryable_unavailable(
 
 
 async def test_storage_that_hangs_is_unavailable_within_the_queue_limit(
-    mesh: Mesh, worker: WorkerProcess
+    mesh: Mesh, worker: ServiceProcess
 ) -> None:
     accepted: list[asyncio.StreamWriter] = []
 
@@ -378,7 +375,7 @@ async def test_a_worker_that_cannot_reach_storage_answers_retryable_unavailable(
 
 
 async def test_without_storage_a_large_request_is_refused_clearly(
-    mesh: Mesh, worker: WorkerProcess
+    mesh: Mesh, worker: ServiceProcess
 ) -> None:
     plain = await mesh.start_scheduler(
         mesh=MeshSettings(s3_endpoint=""), payload_threshold_bytes=THRESHOLD
