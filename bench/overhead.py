@@ -51,6 +51,7 @@ if __package__ in (None, ""):  # Run as a file: make `bench` and the project imp
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import profiling
+from bench.process_mesh import ServiceProcess
 from bench.stack import (
     BENCH,
     LITELLM_VENV,
@@ -58,7 +59,6 @@ from bench.stack import (
     SYNTHETIC_MODEL,
     UPSTREAM_MODEL,
     MeshStack,
-    Service,
     cpu_seconds,
     rabbitmq_pids,
     start_litellm,
@@ -157,7 +157,7 @@ async def _load(
     tokens: int,
     warmup: float,
     duration: float,
-    services: dict[str, Service],
+    services: dict[str, ServiceProcess],
 ) -> dict[str, Any]:
     """One load-generator run against `target`, with the services' CPU over its window."""
     argv = [
@@ -223,7 +223,7 @@ def _order(names: list[str]) -> list[str]:
 async def _levels(
     targets: list[Target],
     arguments: argparse.Namespace,
-    services: dict[str, Service],
+    services: dict[str, ServiceProcess],
     *,
     concurrency: Iterable[int],
     tokens: int,
@@ -372,7 +372,7 @@ def _write(document: dict[str, Any], stamp: str, name: str) -> Path:
 async def _profile(
     arguments: argparse.Namespace,
     targets: dict[str, Target],
-    services: dict[str, Service],
+    services: dict[str, ServiceProcess],
     directory: Path,
 ) -> dict[str, Any]:
     """py-spy on the llm-mesh processes during one run of each profiled target."""
@@ -398,10 +398,19 @@ async def _profile(
         report[name] = {"run": run, "processes": {}}
         print(f"\n### Profile: {name} at {arguments.profile_concurrency} streams\n")
         for process, path in outputs.items():
-            samples, hot = profiling.hot_functions(path)
-            own = profiling.hot_paths(path, ["gateway/", "scheduler/", "worker/", "plumbing/"])
+            # The event loop's thread only: py-spy counts a thread blocked in a system call
+            # (the ledger's fsync, idle pool threads) as busy (see `bench.profiling`).
+            loop_thread = profiling.EVENT_LOOP
+            all_samples, _ = profiling.hot_functions(path, 0)
+            samples, hot = profiling.hot_functions(path, thread=loop_thread)
+            own = profiling.hot_paths(
+                path, ["gateway/", "scheduler/", "worker/", "plumbing/"], thread=loop_thread
+            )
             cpu = run["cpu_ms_per_request"].get(process, 0.0)
-            print(f"{process}: {samples} samples, {cpu:.2f} ms CPU per request; self time:")
+            print(
+                f"{process}: {cpu:.2f} ms CPU per request; event-loop thread: {samples} of "
+                f"{all_samples} samples; its self time:"
+            )
             for function in hot:
                 print(
                     f"  {function.self_share:6.1%} self {function.inclusive_share:6.1%} incl  "
@@ -558,7 +567,13 @@ async def _real(arguments: argparse.Namespace, stamp: str) -> dict[str, Any]:
             model=DEFAULT_MODEL_NAME,
             engine="vllm",
             capacity=capacity,
-            worker_env={"LLM_MESH_WORKER_MODEL_DIR": str(model_dir)},
+            worker_env={
+                "LLM_MESH_WORKER_MODEL_DIR": str(model_dir),
+                # The default interval, not the stack's quick 0.5 s: the engine's threads keep
+                # both cores busy, and three heartbeats late by 1.5 s once made the scheduler
+                # declare the worker lost mid-run.
+                "LLM_MESH_WORKER_HEARTBEAT_INTERVAL": "2.0",
+            },
             upstream_url=None,
         )
         target = Target(
@@ -586,14 +601,34 @@ async def _real(arguments: argparse.Namespace, stamp: str) -> dict[str, Any]:
         "llm-mesh over vLLM's own server (goal ≥ 0.95). Not alternated: one engine at a time.\n"
     )
     print(table)
+    closed_loop = _closed_loop_ratios(summaries, "vllm")
+    print(
+        "\nThroughput from the end-to-end time (streams x tokens / E2E p50; the tokens/s column "
+        "counts whole requests finished in the window, which at these E2E times come in "
+        "synchronized waves and hide differences):"
+    )
+    for level, ratio in closed_loop.items():
+        print(f"- {level} streams: llm-mesh at {ratio:.2f} of vLLM's server (goal ≥ 0.95)")
     return {
         "kind": "real",
         "machine": _machine(),
         "settings": vars(arguments),
         "table": table,
         "rows": rows,
+        "closed_loop_ratios": closed_loop,
         "runs": [run for summary in summaries for run in summary.runs],
         "logs": str(logs),
+    }
+
+
+def _closed_loop_ratios(summaries: list[Summary], baseline: str) -> dict[int, float]:
+    """Per level, each other target's throughput over `baseline`'s from E2E p50 alone: with a
+    fixed number of streams each sending the same request, tokens/s = streams x tokens / E2E."""
+    base = {summary.concurrency: summary for summary in summaries if summary.target == baseline}
+    return {
+        summary.concurrency: base[summary.concurrency].e2e_p50 / summary.e2e_p50
+        for summary in summaries
+        if summary.target != baseline and summary.concurrency in base
     }
 
 

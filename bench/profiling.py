@@ -4,6 +4,11 @@
 meanwhile); `hot_functions` reads one collapsed-stack file and ranks functions by self time
 (the leaf frame of each sample) and by inclusive time (anywhere on the stack), as shares of
 the process's non-idle samples. Frames are grouped by function and file, lines ignored.
+
+`thread` keeps only the samples of one thread, named by a frame on its stacks: the event
+loop's (`EVENT_LOOP`) is where a service's requests are handled. py-spy counts a thread
+blocked in a system call (the ledger's fsync, a pool thread waiting for work) as busy, which
+psutil's CPU times do not: the other threads' shares overstate their CPU.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ import re
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["HotFunction", "hot_functions", "hot_paths", "py_spy", "record"]
+__all__ = ["EVENT_LOOP", "HotFunction", "hot_functions", "hot_paths", "py_spy", "record"]
+
+#: The frame every service's event-loop thread runs under (`plumbing.event_loop.run`).
+EVENT_LOOP: Final = "(plumbing/event_loop.py"
 
 _RATE: Final = 250
 _FRAME_LINE: Final = re.compile(r":\d+\)$")
@@ -81,19 +90,27 @@ def _function(frame: str) -> str:
     return _FRAME_LINE.sub(")", frame.strip())
 
 
-def hot_functions(path: Path, limit: int = 12) -> tuple[int, list[HotFunction]]:
-    """The sample count and the `limit` functions with the most self time."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
+def _samples(path: Path, thread: str | None) -> Iterator[tuple[list[str], int]]:
+    """(frames, count) of every sample; with `thread`, of the stacks holding that frame."""
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
-        count = int(count_text)
-        frames = [_function(frame) for frame in stack.split(";") if frame]
-        if not frames:
+        if thread is not None and thread not in stack:
             continue
+        frames = [_function(frame) for frame in stack.split(";") if frame]
+        if frames:
+            yield frames, int(count_text)
+
+
+def hot_functions(
+    path: Path, limit: int = 12, *, thread: str | None = None
+) -> tuple[int, list[HotFunction]]:
+    """The sample count and the `limit` functions with the most self time."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for frames, count in _samples(path, thread):
         total += count
         own[frames[-1]] += count
         for function in set(frames):
@@ -106,18 +123,16 @@ def hot_functions(path: Path, limit: int = 12) -> tuple[int, list[HotFunction]]:
     ]
 
 
-def hot_paths(path: Path, markers: list[str], limit: int = 12) -> list[tuple[str, float]]:
+def hot_paths(
+    path: Path, markers: list[str], limit: int = 12, *, thread: str | None = None
+) -> list[tuple[str, float]]:
     """Inclusive shares of the functions whose name contains one of `markers` (e.g. a
     package path), most expensive first: where the project's own code spends its time."""
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for frames, count in _samples(path, thread):
         total += count
-        for function in {_function(frame) for frame in stack.split(";") if frame}:
+        for function in set(frames):
             if any(marker in function for marker in markers):
                 inclusive[function] += count
     if total == 0:

@@ -20,9 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import struct_pb2
 from llmmesh.v1 import chat_pb2, events_pb2
-from pydantic import ValidationError
 from sse_starlette import ServerSentEvent
 
 from gateway.anthropic_schema import (
@@ -41,16 +39,11 @@ from gateway.anthropic_schema import (
     UrlSource,
 )
 from gateway.completion import Completion
-from gateway.edge_api import EdgeRequest, invalid_request
+from gateway.edge_api import EdgeRequest, parse_validated
 from gateway.errors import InvalidRequest, MeshError, error_from_stream_error
+from gateway.providers.structs import struct_from_json
 
 __all__ = ["AnthropicApi", "AnthropicEncoder"]
-
-
-def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(value)
-    return result
 
 
 def _image(block: ImageBlock, field: str) -> chat_pb2.ContentPart:
@@ -144,7 +137,7 @@ def to_canonical(body: MessagesRequest) -> chat_pb2.ChatRequest:
         request.tools.add(
             name=tool.name,
             description=tool.description or "",
-            parameters=_struct(tool.input_schema),
+            parameters=struct_from_json(tool.input_schema),
         )
     choice = body.tool_choice
     if isinstance(choice, ToolChoiceTool):
@@ -164,7 +157,7 @@ def to_canonical(body: MessagesRequest) -> chat_pb2.ChatRequest:
     ):
         extensions["tool_choice"] = choice.model_dump(exclude_none=True)
     if extensions:
-        parameters.provider_extensions["anthropic"].CopyFrom(_struct(extensions))
+        parameters.provider_extensions["anthropic"].CopyFrom(struct_from_json(extensions))
     if body.metadata is not None and body.metadata.user_id:
         request.metadata["user_id"] = body.metadata.user_id
     return request
@@ -340,15 +333,7 @@ class AnthropicApi:
 
     def parse(self, body: bytes) -> EdgeRequest:
         """Validates the body (pydantic, strict JSON types) and maps it to the canonical form."""
-        try:
-            parsed = MessagesRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise invalid_request(exc) from exc
-        try:
-            request = to_canonical(parsed)
-        except (ValueError, OverflowError) as exc:  # e.g. a number no protobuf field can hold
-            raise InvalidRequest(f"a value is out of range: {exc}") from exc
-        return EdgeRequest(request=request, stream=bool(parsed.stream))
+        return parse_validated(body, MessagesRequest.model_validate_json, to_canonical)
 
     def field_name(self, canonical: str) -> str:
         """Anthropic's parameter name of a canonical field."""

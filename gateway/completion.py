@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from google.protobuf import struct_pb2
 from llmmesh.v1 import events_pb2
 
 __all__ = ["Completion", "GatheredSequence", "GatheredToolCall"]
@@ -16,6 +17,7 @@ class GatheredToolCall:
     id: str = ""
     name: str = ""
     arguments: str = ""
+    provider_metadata: struct_pb2.Struct = field(default_factory=struct_pb2.Struct)
 
 
 @dataclass
@@ -31,12 +33,16 @@ class GatheredSequence:
     logprobs: list[events_pb2.TokenLogprob] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     finish: events_pb2.SequenceFinish | None = None
+    #: The text deltas' provider metadata, merged (a later value of a key wins).
+    provider_metadata: struct_pb2.Struct = field(default_factory=struct_pb2.Struct)
 
     def add(self, delta: events_pb2.SequenceDelta) -> None:
         """Appends one delta."""
         which = delta.WhichOneof("delta")
         if which == "text":
             self.text += delta.text
+            if delta.HasField("provider_metadata"):
+                self.provider_metadata.MergeFrom(delta.provider_metadata)
         elif which == "reasoning":
             self.reasoning += delta.reasoning.text
             self.reasoning_signature += delta.reasoning.signature
@@ -48,6 +54,8 @@ class GatheredSequence:
             call.id = call.id or piece.id
             call.name = call.name or piece.name
             call.arguments += piece.arguments
+            if piece.HasField("provider_metadata"):
+                call.provider_metadata.MergeFrom(piece.provider_metadata)
         self.logprobs.extend(delta.logprobs)
         self.token_ids.extend(delta.token_ids)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from llmmesh.v1 import chat_pb2, events_pb2
 from pydantic import ValidationError
@@ -20,7 +21,14 @@ from sse_starlette import ServerSentEvent
 from gateway.completion import Completion
 from gateway.errors import InvalidRequest, MeshError
 
-__all__ = ["EdgeApi", "EdgeRequest", "StreamEncoder", "invalid_request", "load_json_object"]
+__all__ = [
+    "EdgeApi",
+    "EdgeRequest",
+    "StreamEncoder",
+    "invalid_request",
+    "load_json_object",
+    "parse_validated",
+]
 
 
 @dataclass
@@ -100,3 +108,37 @@ def invalid_request(error: ValidationError) -> InvalidRequest:
     field = ".".join(parts) or None
     message = f"{field}: {first['msg']}" if field else str(first["msg"])
     return InvalidRequest(message, field=field)
+
+
+class _ValidatedBody(Protocol):
+    """A validated request body: its top-level `stream` flag is all `parse_validated` reads."""
+
+    @property
+    def stream(self) -> bool | None:
+        """Whether the client asked for a streamed answer (None = not said)."""
+        ...
+
+
+_Body = TypeVar("_Body", bound=_ValidatedBody)
+
+
+def parse_validated(
+    body: bytes,
+    validate: Callable[[bytes], _Body],
+    to_canonical: Callable[[_Body], chat_pb2.ChatRequest],
+) -> EdgeRequest:
+    """Validates `body` (e.g. a pydantic model's `model_validate_json`) and maps it to the
+    canonical request; streamed only when the body says `stream: true`.
+
+    Raises `InvalidRequest` naming the first invalid field, or for a value no canonical field
+    can hold.
+    """
+    try:
+        parsed = validate(body)
+    except ValidationError as exc:
+        raise invalid_request(exc) from exc
+    try:
+        request = to_canonical(parsed)
+    except (ValueError, OverflowError) as exc:  # e.g. a number no protobuf field can hold
+        raise InvalidRequest(f"a value is out of range: {exc}") from exc
+    return EdgeRequest(request=request, stream=bool(parsed.stream))

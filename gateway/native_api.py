@@ -7,6 +7,9 @@ Streamed, the answer is the canonical events themselves, one SSE event each, nam
     {"generation_start": {...}, "sequences": [{"index": 0, "text": ..., "finish_reason": ...}],
      "generation_finish": {"usage": {...}, "timings": {...}}}
 
+A sequence and a tool call carry `provider_metadata` when the provider sent any (the text
+deltas' metadata merged), for the client to put back on the next turn's content part.
+
 Errors: `{"error": {"code", "message", "field", "retryable"}}` (+ `available_models` on 404).
 """
 
@@ -15,13 +18,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from llmmesh.v1 import chat_pb2, events_pb2
 from sse_starlette import ServerSentEvent
 
 from gateway.completion import Completion, GatheredSequence
 from gateway.edge_api import EdgeRequest, load_json_object
 from gateway.errors import InvalidRequest, MeshError, ModelNotFound
+from gateway.providers.structs import struct_to_json
 from plumbing import json_form
 
 __all__ = ["NativeApi", "NativeEncoder"]
@@ -64,7 +68,10 @@ def _sequence_document(sequence: GatheredSequence) -> dict[str, Any]:
         "reasoning": sequence.reasoning,
         "refusal": sequence.refusal,
         "tool_calls": [
-            {"id": call.id, "name": call.name, "arguments": call.arguments}
+            _with_metadata(
+                {"id": call.id, "name": call.name, "arguments": call.arguments},
+                call.provider_metadata,
+            )
             for _, call in sorted(sequence.tool_calls.items())
         ],
         "finish_reason": events_pb2.FinishReason.Name(
@@ -73,10 +80,18 @@ def _sequence_document(sequence: GatheredSequence) -> dict[str, Any]:
         "token_ids": sequence.token_ids,
         "logprobs": [_dict(logprob) for logprob in sequence.logprobs],
     }
+    _with_metadata(document, sequence.provider_metadata)
     if finish is not None and finish.HasField("stop_sequence"):
         document["stop_sequence"] = finish.stop_sequence
     if finish is not None and finish.HasField("cumulative_logprob"):
         document["cumulative_logprob"] = finish.cumulative_logprob
+    return document
+
+
+def _with_metadata(document: dict[str, Any], metadata: struct_pb2.Struct) -> dict[str, Any]:
+    """`document` with `provider_metadata` added when there is any (as the stream prints it)."""
+    if metadata.fields:
+        document["provider_metadata"] = struct_to_json(metadata)
     return document
 
 

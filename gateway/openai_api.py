@@ -18,14 +18,12 @@ import json
 import time
 from typing import Any
 
-from google.protobuf import struct_pb2
 from llmmesh.v1 import chat_pb2, events_pb2
-from pydantic import ValidationError
 from sse_starlette import ServerSentEvent
 
 from gateway.completion import Completion, GatheredSequence
-from gateway.edge_api import EdgeRequest, invalid_request
-from gateway.errors import InvalidRequest, MeshError, error_from_stream_error
+from gateway.edge_api import EdgeRequest, parse_validated
+from gateway.errors import MeshError, error_from_stream_error
 from gateway.openai_schema import (
     AssistantMessage,
     ChatCompletionRequest,
@@ -39,14 +37,12 @@ from gateway.openai_schema import (
     ToolMessage,
     UserMessage,
 )
+from gateway.providers.structs import struct_from_json
 
 __all__ = ["OpenAIApi", "OpenAIEncoder"]
 
-
-def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(value)
-    return result
+#: Compact JSON text, built once (`json.dumps` with arguments builds an encoder per call).
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _text(content: str | list[Any] | None) -> list[chat_pb2.ContentPart]:
@@ -123,11 +119,11 @@ def to_canonical(body: ChatCompletionRequest) -> chat_pb2.ChatRequest:
     elif isinstance(response_format, JsonSchemaResponseFormat):
         constraint = parameters.structured_output.json_schema
         constraint.name = response_format.json_schema.name
-        constraint.schema.CopyFrom(_struct(response_format.json_schema.json_schema or {}))
+        constraint.schema.CopyFrom(struct_from_json(response_format.json_schema.json_schema or {}))
         if response_format.json_schema.strict is not None:
             constraint.strict = response_format.json_schema.strict
     if body.model_extra:
-        parameters.provider_extensions["openai"].CopyFrom(_struct(dict(body.model_extra)))
+        parameters.provider_extensions["openai"].CopyFrom(struct_from_json(dict(body.model_extra)))
     request = chat_pb2.ChatRequest(
         model=body.model,
         messages=[_message(message) for message in body.messages],
@@ -137,7 +133,7 @@ def to_canonical(body: ChatCompletionRequest) -> chat_pb2.ChatRequest:
         function = tool.function
         canonical = request.tools.add(name=function.name, description=function.description or "")
         if function.parameters is not None:
-            canonical.parameters.CopyFrom(_struct(function.parameters))
+            canonical.parameters.CopyFrom(struct_from_json(function.parameters))
         if function.strict is not None:
             canonical.strict = function.strict
     if isinstance(body.tool_choice, NamedToolChoice):
@@ -242,12 +238,11 @@ class OpenAIEncoder:
                 ensure_ascii=False,
             )
             self._text_prefix = envelope[:-1] + ',"choices":[{"index":'
-            self._text_suffix = (
-                '},"logprobs":null,"finish_reason":null}]'
-                + (',"usage":null}' if self._include_usage else "}")
+            self._text_suffix = '},"logprobs":null,"finish_reason":null}]' + (
+                ',"usage":null}' if self._include_usage else "}"
             )
-        content = json.dumps(text, ensure_ascii=False)
-        return ServerSentEvent(
+        content = _to_json(text)
+        return _LineEvent(
             data=f'{self._text_prefix}{index},"delta":{{"content":{content}{self._text_suffix}'
         )
 
@@ -306,7 +301,7 @@ class OpenAIEncoder:
                     "usage": _usage(event.generation_finish.usage),
                 }
                 trailer.append(_json_event(usage_chunk))
-            trailer.append(ServerSentEvent(data="[DONE]"))
+            trailer.append(_LineEvent(data="[DONE]"))
             return trailer
         return []
 
@@ -338,8 +333,16 @@ class OpenAIEncoder:
         return choice
 
 
+class _LineEvent(ServerSentEvent):
+    """A data-only event whose data is one line (compact JSON never holds a raw CR or LF, and
+    `[DONE]`): the bytes of `ServerSentEvent.encode`, without its line splitting per event."""
+
+    def encode(self) -> bytes:
+        return f"data: {self.data}\r\n\r\n".encode()
+
+
 def _json_event(document: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(data=json.dumps(document, separators=(",", ":"), ensure_ascii=False))
+    return _LineEvent(data=_to_json(document))
 
 
 def _choice_document(sequence: GatheredSequence, logprobs: bool) -> dict[str, Any]:
@@ -375,15 +378,7 @@ class OpenAIApi:
 
     def parse(self, body: bytes) -> EdgeRequest:
         """Validates the body (pydantic, strict JSON types) and maps it to the canonical form."""
-        try:
-            parsed = ChatCompletionRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise invalid_request(exc) from exc
-        try:
-            request = to_canonical(parsed)
-        except (ValueError, OverflowError) as exc:  # e.g. a number no protobuf field can hold
-            raise InvalidRequest(f"a value is out of range: {exc}") from exc
-        return EdgeRequest(request=request, stream=bool(parsed.stream))
+        return parse_validated(body, ChatCompletionRequest.model_validate_json, to_canonical)
 
     def field_name(self, canonical: str) -> str:
         """OpenAI's parameter name of a canonical field."""

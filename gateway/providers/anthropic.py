@@ -30,33 +30,19 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any, Final
 
-import httpx
 from llmmesh.v1 import chat_pb2, events_pb2
 
 from gateway.providers.base import ProviderConfig
-from gateway.providers.errors import (
-    InvalidRequest,
-    ProviderError,
-    ProviderRejected,
-    ProviderUnavailable,
-    RateLimited,
-    error_for_status,
-)
+from gateway.providers.errors import InvalidRequest, ProviderError, error_for_code
 from gateway.providers.extensions import merge_extensions
-from gateway.providers.parameters import (
-    budget,
-    decimal,
-    refuse_unsupported,
-    tool_call_arguments,
-)
+from gateway.providers.http_adapter import HttpAdapter, UpstreamCall
+from gateway.providers.parameters import decimal, refuse_unsupported, tool_call_arguments
 from gateway.providers.sse import ServerSentEvent
 from gateway.providers.stream_builder import MalformedStream, StreamBuilder
 from gateway.providers.structs import struct_to_json
-from gateway.providers.upstream import Upstream, parse_json_object, retry_after
+from gateway.providers.upstream import parse_json_object
 
 __all__ = ["AnthropicAdapter"]
 
@@ -267,11 +253,7 @@ def _error_from_object(error: dict[str, Any]) -> ProviderError:
     message = str(error.get("message") or "the provider reported an error")
     kind = str(error.get("type") or "")
     code, retryable = _ERROR_TYPES.get(kind, (events_pb2.ERROR_CODE_UPSTREAM_ERROR, False))
-    if code == events_pb2.ERROR_CODE_RATE_LIMITED:
-        return RateLimited(message, provider=PROVIDER)
-    if code == events_pb2.ERROR_CODE_INVALID_REQUEST:
-        return ProviderRejected(message, provider=PROVIDER, status=400)
-    return ProviderUnavailable(message, provider=PROVIDER, retryable=retryable)
+    return error_for_code(code, message, provider=PROVIDER, retryable=retryable)
 
 
 class _StreamTranslator:
@@ -408,64 +390,25 @@ def _message_events(body: dict[str, Any], request: chat_pb2.ChatRequest) -> Even
     return events + translator.finish()
 
 
-def _parse_error(status: int, content: bytes, headers: httpx.Headers) -> ProviderError:
-    message = content.decode("utf-8", "replace").strip() or f"HTTP {status}"
-    try:
-        error = parse_json_object(content).get("error")
-    except ValueError:
-        error = None
-    if isinstance(error, dict) and error.get("message"):
-        message = str(error["message"])
-    return error_for_status(status, message, provider=PROVIDER, retry_after=retry_after(headers))
-
-
-class AnthropicAdapter:
+class AnthropicAdapter(HttpAdapter):
     """Anthropic's Messages API (or a compatible server at `base_url`)."""
 
-    name: Final = PROVIDER
+    name = PROVIDER
+    default_base_url = DEFAULT_BASE_URL
 
-    def __init__(
-        self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        self._config = config
+    def _headers(self, api_key: str) -> dict[str, str]:
         headers = {"anthropic-version": API_VERSION}
-        if config.secret_api_key():
-            headers["x-api-key"] = config.secret_api_key()
-        self._upstream = Upstream(
-            provider=PROVIDER,
-            config=config,
-            base_url=config.base_url or DEFAULT_BASE_URL,
-            headers=headers,
-            parse_error=_parse_error,
-            transport=transport,
-        )
+        if api_key:
+            headers["x-api-key"] = api_key
+        return headers
 
-    async def stream(self, request: chat_pb2.ChatRequest) -> AsyncIterator[events_pb2.StreamEvent]:
-        """See `ProviderAdapter.stream`."""
+    def _call(self, request: chat_pb2.ChatRequest, *, stream: bool) -> UpstreamCall:
         body = request_body(request, self._config)
-        async with aclosing(
-            self._upstream.stream(
-                path="messages",
-                body=body,
-                translator=lambda: _StreamTranslator(request),
-                budget=budget(request, self._config.total_timeout),
-            )
-        ) as events:
-            async for event in events:
-                yield event
+        body["stream"] = stream
+        return UpstreamCall("messages", body)
 
-    async def complete(self, request: chat_pb2.ChatRequest) -> Events:
-        """See `ProviderAdapter.complete`."""
-        body = request_body(request, self._config)
-        body["stream"] = False
-        answer = await self._upstream.post(
-            path="messages", body=body, budget=budget(request, self._config.total_timeout)
-        )
-        try:
-            return _message_events(answer, request)
-        except MalformedStream as exc:
-            raise ProviderUnavailable(str(exc), provider=PROVIDER) from exc
+    def _translator(self, request: chat_pb2.ChatRequest) -> _StreamTranslator:
+        return _StreamTranslator(request)
 
-    async def aclose(self) -> None:
-        """See `ProviderAdapter.aclose`."""
-        await self._upstream.aclose()
+    def _answer_events(self, answer: dict[str, Any], request: chat_pb2.ChatRequest) -> Events:
+        return _message_events(answer, request)

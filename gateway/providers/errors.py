@@ -42,6 +42,7 @@ __all__ = [
     "ProviderUnavailable",
     "ProviderUpstreamError",
     "RateLimited",
+    "error_for_code",
     "error_for_status",
 ]
 
@@ -172,3 +173,24 @@ def error_for_status(
     if 400 <= status < 500:
         return ProviderRejected(message, provider=provider, status=status)
     return ProviderUnavailable(message, provider=provider, status=status)
+
+
+def error_for_code(
+    code: events_pb2.ErrorCode,
+    message: str,
+    *,
+    provider: str,
+    retryable: bool,
+    status: int = 400,
+) -> ProviderError:
+    """The mesh error for a provider's error object that came before the stream started (an
+    error event, or an error document in a 200 answer).
+
+    `code` and `retryable` are the adapter's reading of the object; a rejected request is
+    reported with `status` (the HTTP status the object names, when it names one).
+    """
+    if code == events_pb2.ERROR_CODE_RATE_LIMITED:
+        return RateLimited(message, provider=provider)
+    if code == events_pb2.ERROR_CODE_INVALID_REQUEST:
+        return ProviderRejected(message, provider=provider, status=status)
+    return ProviderUnavailable(message, provider=provider, retryable=retryable)

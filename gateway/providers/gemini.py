@@ -15,9 +15,10 @@ the adapter did not set them (e.g. `generationConfig.responseModalities`).
 
 Opaque `thoughtSignature`s round-trip: on a `functionCall` part it rides on the tool call's
 `provider_metadata["gemini"]["thoughtSignature"]`; on a thought part it is that reasoning's
-signature; on a plain text part it becomes a signature-only reasoning delta (with
-`include_reasoning`). On the way back each is put on the part it came from (a text
-`ContentPart` may carry it in `provider_metadata` too).
+signature; on a text part (or a part holding nothing but the signature, as Gemini may end a
+stream) it rides on the text delta's `provider_metadata`, the same way, whether or not
+`include_reasoning` is set. On the way back each is put on the part it came from: the tool
+call's, the reasoning's, or the text `ContentPart`'s `provider_metadata`.
 
 Stream: every chunk is a whole `GenerateContentResponse`; each candidate `index` (0 when
 absent) is a sequence. Function calls arrive whole: one tool call delta with id (Gemini's, or
@@ -37,34 +38,21 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any, Final
 
 import httpx
 from llmmesh.v1 import chat_pb2, events_pb2
 
 from gateway.providers.base import ProviderConfig
-from gateway.providers.errors import (
-    InvalidRequest,
-    ProviderError,
-    ProviderRejected,
-    ProviderUnavailable,
-    RateLimited,
-    error_for_status,
-)
+from gateway.providers.errors import InvalidRequest, ProviderError, error_for_code
 from gateway.providers.extensions import merge_extensions
 from gateway.providers.gemini_schema import gemini_schema
-from gateway.providers.parameters import (
-    budget,
-    copy_parameters,
-    refuse_unsupported,
-    tool_call_arguments,
-)
+from gateway.providers.http_adapter import HttpAdapter, UpstreamCall
+from gateway.providers.parameters import copy_parameters, refuse_unsupported, tool_call_arguments
 from gateway.providers.sse import ServerSentEvent
-from gateway.providers.stream_builder import MalformedStream, StreamBuilder
+from gateway.providers.stream_builder import StreamBuilder
 from gateway.providers.structs import struct_to_json
-from gateway.providers.upstream import Upstream, parse_json_object, retry_after
+from gateway.providers.upstream import parse_json_object
 
 __all__ = ["GeminiAdapter"]
 
@@ -305,11 +293,8 @@ def _error_from_object(error: dict[str, Any]) -> tuple[events_pb2.ErrorCode, boo
 
 def _raise_error_object(error: dict[str, Any]) -> ProviderError:
     code, retryable, message = _error_from_object(error)
-    if code == events_pb2.ERROR_CODE_RATE_LIMITED:
-        return RateLimited(message, provider=PROVIDER)
-    if code == events_pb2.ERROR_CODE_INVALID_REQUEST:
-        return ProviderRejected(message, provider=PROVIDER, status=int(error.get("code") or 400))
-    return ProviderUnavailable(message, provider=PROVIDER, retryable=retryable)
+    status = int(error.get("code") or 400)
+    return error_for_code(code, message, provider=PROVIDER, retryable=retryable, status=status)
 
 
 def _finish_reason(reason: str, called_a_function: bool) -> events_pb2.FinishReason:
@@ -412,14 +397,16 @@ class _StreamTranslator:
                 else None,
             )
         text = part.get("text")
+        if part.get("thought"):
+            if not self._reasoning:
+                return []
+            return builder.reasoning(index, text if isinstance(text, str) else "", signature)
+        if signature and (isinstance(text, str) or part.keys() == {"thoughtSignature"}):
+            metadata = {PROVIDER: {"thoughtSignature": signature}}
+            return builder.text_with_metadata(index, text or "", metadata)
         if not isinstance(text, str):
             return builder.open(index)  # inline data, code execution: not canonical output
-        if part.get("thought"):
-            return builder.reasoning(index, text, signature) if self._reasoning else []
-        events = builder.text(index, text)
-        if signature and self._reasoning:
-            events += builder.reasoning(index, "", signature)
-        return events
+        return builder.text(index, text)
 
     def end_of_body(self) -> Events:
         builder = self.builder
@@ -434,82 +421,40 @@ class _StreamTranslator:
         return builder.end()
 
 
-def _parse_error(status: int, content: bytes, headers: httpx.Headers) -> ProviderError:
-    message = content.decode("utf-8", "replace").strip() or f"HTTP {status}"
-    credentials_rejected = False
-    try:
-        error = parse_json_object(content).get("error")
-    except MalformedStream:
-        error = None
-    if isinstance(error, dict):
-        message = str(error.get("message") or message)
+class GeminiAdapter(HttpAdapter):
+    """Google's Gemini API (the Developer API at `base_url`)."""
+
+    name = PROVIDER
+    default_base_url = DEFAULT_BASE_URL
+
+    def __init__(
+        self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        super().__init__(config, transport=transport)
+        self._model = config.upstream_model.removeprefix("models/")
+
+    def _headers(self, api_key: str) -> dict[str, str]:
+        return {"x-goog-api-key": api_key} if api_key else {}
+
+    def _call(self, request: chat_pb2.ChatRequest, *, stream: bool) -> UpstreamCall:
+        if stream:
+            return UpstreamCall(
+                f"models/{self._model}:streamGenerateContent", request_body(request), {"alt": "sse"}
+            )
+        return UpstreamCall(f"models/{self._model}:generateContent", request_body(request))
+
+    def _translator(self, request: chat_pb2.ChatRequest) -> _StreamTranslator:
+        return _StreamTranslator(request, self._model)
+
+    def _answer_events(self, answer: dict[str, Any], request: chat_pb2.ChatRequest) -> Events:
+        translator = _StreamTranslator(request, self._model)
+        return translator.response(answer) + translator.end_of_body()
+
+    def _credentials_rejected(self, error: dict[str, Any]) -> bool:
         reasons = {
             detail.get("reason")
             for detail in error.get("details") or []
             if isinstance(detail, dict)
         }
         # Google reports a refused key as 400 INVALID_ARGUMENT with this ErrorInfo reason.
-        credentials_rejected = "API_KEY_INVALID" in reasons
-    return error_for_status(
-        status,
-        message,
-        provider=PROVIDER,
-        retry_after=retry_after(headers),
-        credentials_rejected=credentials_rejected,
-    )
-
-
-class GeminiAdapter:
-    """Google's Gemini API (the Developer API at `base_url`)."""
-
-    name: Final = PROVIDER
-
-    def __init__(
-        self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        self._config = config
-        self._model = config.upstream_model.removeprefix("models/")
-        headers = {}
-        if config.secret_api_key():
-            headers["x-goog-api-key"] = config.secret_api_key()
-        self._upstream = Upstream(
-            provider=PROVIDER,
-            config=config,
-            base_url=config.base_url or DEFAULT_BASE_URL,
-            headers=headers,
-            parse_error=_parse_error,
-            transport=transport,
-        )
-
-    async def stream(self, request: chat_pb2.ChatRequest) -> AsyncIterator[events_pb2.StreamEvent]:
-        """See `ProviderAdapter.stream`."""
-        body = request_body(request)
-        async with aclosing(
-            self._upstream.stream(
-                path=f"models/{self._model}:streamGenerateContent",
-                params={"alt": "sse"},
-                body=body,
-                translator=lambda: _StreamTranslator(request, self._model),
-                budget=budget(request, self._config.total_timeout),
-            )
-        ) as events:
-            async for event in events:
-                yield event
-
-    async def complete(self, request: chat_pb2.ChatRequest) -> Events:
-        """See `ProviderAdapter.complete`."""
-        answer = await self._upstream.post(
-            path=f"models/{self._model}:generateContent",
-            body=request_body(request),
-            budget=budget(request, self._config.total_timeout),
-        )
-        translator = _StreamTranslator(request, self._model)
-        try:
-            events = translator.response(answer)
-            return events + translator.end_of_body()
-        except MalformedStream as exc:
-            raise ProviderUnavailable(str(exc), provider=PROVIDER) from exc
-
-    async def aclose(self) -> None:
-        """See `ProviderAdapter.aclose`."""
-        await self._upstream.aclose()
+        return "API_KEY_INVALID" in reasons

@@ -20,32 +20,19 @@ INVALID_REQUEST, both retryable as their kind is; anything else UPSTREAM_ERROR, 
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any, Final
 
-import httpx
 from llmmesh.v1 import chat_pb2, events_pb2
 
 from gateway.providers.base import ProviderConfig
-from gateway.providers.errors import (
-    InvalidRequest,
-    ProviderError,
-    ProviderRejected,
-    ProviderUnavailable,
-    RateLimited,
-    error_for_status,
-)
+from gateway.providers.errors import InvalidRequest, ProviderError, error_for_code
 from gateway.providers.extensions import merge_extensions
-from gateway.providers.parameters import (
-    budget,
-    copy_parameters,
-    refuse_unsupported,
-)
+from gateway.providers.http_adapter import HttpAdapter, UpstreamCall
+from gateway.providers.parameters import copy_parameters, refuse_unsupported
 from gateway.providers.sse import ServerSentEvent
-from gateway.providers.stream_builder import MalformedStream, StreamBuilder
+from gateway.providers.stream_builder import StreamBuilder
 from gateway.providers.structs import struct_to_json
-from gateway.providers.upstream import Upstream, parse_json_object, retry_after
+from gateway.providers.upstream import parse_json_object
 
 __all__ = ["OpenAIAdapter"]
 
@@ -68,6 +55,9 @@ _FINISH_REASONS: Final = {
     "function_call": events_pb2.FINISH_REASON_TOOL_CALLS,
     "content_filter": events_pb2.FINISH_REASON_CONTENT_FILTER,
 }
+
+#: The keys of a delta that carries nothing but text (the role comes with the first one).
+_PLAIN_DELTA: Final = frozenset({"role", "content"})
 
 Events = list[events_pb2.StreamEvent]
 
@@ -248,12 +238,8 @@ def _error_kind(error: dict[str, Any]) -> tuple[events_pb2.ErrorCode, bool]:
 
 def _raise_error_object(error: dict[str, Any]) -> ProviderError:
     message = str(error.get("message") or "the provider reported an error")
-    code, _ = _error_kind(error)
-    if code == events_pb2.ERROR_CODE_RATE_LIMITED:
-        return RateLimited(message, provider=PROVIDER)
-    if code == events_pb2.ERROR_CODE_INVALID_REQUEST:
-        return ProviderRejected(message, provider=PROVIDER, status=400)
-    return ProviderUnavailable(message, provider=PROVIDER)
+    code, retryable = _error_kind(error)
+    return error_for_code(code, message, provider=PROVIDER, retryable=retryable)
 
 
 class _StreamTranslator:
@@ -294,6 +280,11 @@ class _StreamTranslator:
         builder = self.builder
         index = int(choice.get("index") or 0)
         delta = choice.get("delta") or {}
+        if delta.keys() <= _PLAIN_DELTA and not (
+            choice.get("finish_reason") or choice.get("logprobs")
+        ):
+            # The shape of almost every chunk (one token of text): the same events as below.
+            return builder.text(index, delta.get("content") or "")
         logprobs = choice.get("logprobs") or {}
         events = builder.open(index)
         if self._reasoning:
@@ -383,65 +374,24 @@ def _completion_events(body: dict[str, Any], request: chat_pb2.ChatRequest) -> E
     return events + builder.end()
 
 
-def _parse_error(status: int, content: bytes, headers: httpx.Headers) -> ProviderError:
-    message = content.decode("utf-8", "replace").strip() or f"HTTP {status}"
-    try:
-        error = parse_json_object(content).get("error")
-    except ValueError:
-        error = None
-    if isinstance(error, dict) and error.get("message"):
-        message = str(error["message"])
-    return error_for_status(status, message, provider=PROVIDER, retry_after=retry_after(headers))
-
-
-class OpenAIAdapter:
+class OpenAIAdapter(HttpAdapter):
     """OpenAI's Chat Completions API (or a compatible server at `base_url`)."""
 
-    name: Final = PROVIDER
+    name = PROVIDER
+    default_base_url = DEFAULT_BASE_URL
 
-    def __init__(
-        self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        self._config = config
-        headers = {}
-        if config.secret_api_key():
-            headers["authorization"] = f"Bearer {config.secret_api_key()}"
-        self._upstream = Upstream(
-            provider=PROVIDER,
-            config=config,
-            base_url=config.base_url or DEFAULT_BASE_URL,
-            headers=headers,
-            parse_error=_parse_error,
-            transport=transport,
-        )
+    def _headers(self, api_key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
-    async def stream(self, request: chat_pb2.ChatRequest) -> AsyncIterator[events_pb2.StreamEvent]:
-        """See `ProviderAdapter.stream`."""
+    def _call(self, request: chat_pb2.ChatRequest, *, stream: bool) -> UpstreamCall:
         body = request_body(request, self._config)
-        async with aclosing(
-            self._upstream.stream(
-                path="chat/completions",
-                body=body,
-                translator=lambda: _StreamTranslator(request),
-                budget=budget(request, self._config.total_timeout),
-            )
-        ) as events:
-            async for event in events:
-                yield event
+        if not stream:
+            body["stream"] = False
+            del body["stream_options"]
+        return UpstreamCall("chat/completions", body)
 
-    async def complete(self, request: chat_pb2.ChatRequest) -> Events:
-        """See `ProviderAdapter.complete`."""
-        body = request_body(request, self._config)
-        body["stream"] = False
-        del body["stream_options"]
-        answer = await self._upstream.post(
-            path="chat/completions", body=body, budget=budget(request, self._config.total_timeout)
-        )
-        try:
-            return _completion_events(answer, request)
-        except MalformedStream as exc:
-            raise ProviderUnavailable(str(exc), provider=PROVIDER) from exc
+    def _translator(self, request: chat_pb2.ChatRequest) -> _StreamTranslator:
+        return _StreamTranslator(request)
 
-    async def aclose(self) -> None:
-        """See `ProviderAdapter.aclose`."""
-        await self._upstream.aclose()
+    def _answer_events(self, answer: dict[str, Any], request: chat_pb2.ChatRequest) -> Events:
+        return _completion_events(answer, request)

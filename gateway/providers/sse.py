@@ -13,14 +13,16 @@ follows the spec there and would lose those events.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["ServerSentEvent", "aiter_sse"]
 
 
-@dataclass(frozen=True)
-class ServerSentEvent:
-    """One dispatched event: its name ("" when the stream gave none) and its data."""
+class ServerSentEvent(NamedTuple):
+    """One dispatched event: its name ("" when the stream gave none) and its data.
+
+    A named tuple: one is built per provider chunk, and a tuple is the cheapest to build.
+    """
 
     event: str
     data: str
@@ -75,6 +77,14 @@ async def _events(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent
     buffer = b""
     async for chunk in chunks:
         buffer += chunk
+        if b"\r" not in buffer:
+            # Every line ends with LF (what providers send): split them all at once.
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                event = builder.feed(line.decode("utf-8"))
+                if event is not None:
+                    yield event
+            continue
         start = 0
         while True:
             cr = buffer.find(b"\r", start)

@@ -154,6 +154,15 @@ class StreamBuilder:
             return self.open(index)
         return self._delta(events_pb2.SequenceDelta(index=index, text=text, logprobs=logprobs))
 
+    def text_with_metadata(
+        self, index: int, text: str, provider_metadata: Mapping[str, Any]
+    ) -> Events:
+        """Output text with opaque provider data that must round-trip with it (see
+        `SequenceDelta.provider_metadata`); emitted even when the text is empty."""
+        delta = events_pb2.SequenceDelta(index=index, text=text)
+        delta.provider_metadata.CopyFrom(struct_from_json(provider_metadata))
+        return self._delta(delta)
+
     def refusal(
         self, index: int, text: str, logprobs: Iterable[events_pb2.TokenLogprob] = ()
     ) -> Events:

@@ -1,9 +1,11 @@
 """The HTTP exchange with a provider: pooling, timeouts, retries, and failure mapping.
 
 One `Upstream` per adapter owns one `httpx.AsyncClient` (a connection pool with separate
-connect and read timeouts); the `total` budget is enforced around every wait with
-`asyncio.timeout_at`, never across a `yield`. httpx failures become mesh errors here, as
-httpx's own `map_httpcore_exceptions` maps httpcore's.
+connect and read timeouts; on the network, `aiohttp_transport`); the `total` budget is
+enforced around every wait, never across a `yield`: with `asyncio.timeout_at`, and for the
+reads of a streamed body with one timer per body (`_Budget`).
+httpx failures become mesh errors here, as httpx's own `map_httpcore_exceptions` maps
+httpcore's.
 
 Retries: only before the first canonical event exists, so never after anything could have
 reached the client. A retryable `ProviderError` (connection failure, 408/409/429/5xx, a stream
@@ -15,7 +17,6 @@ Retry-After). Once the first event is out, a failure ends the stream in-band.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -25,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from llmmesh.v1 import events_pb2
 
+from gateway.providers.aiohttp_transport import AiohttpTransport
 from gateway.providers.base import ProviderConfig
 from gateway.providers.errors import (
     ProviderError,
@@ -46,8 +48,6 @@ _T = TypeVar("_T")
 _MAX_ERROR_BODY = 64 * 1024
 #: How long the rest of a finished stream's body may take to arrive (see `_drain`).
 _DRAIN_TIMEOUT = 0.5
-#: Connection pools per upstream (see `Upstream.__init__`).
-_POOL_SHARDS = 8
 
 
 class StreamTranslator(Protocol):
@@ -113,34 +113,28 @@ class Upstream:
         self.provider = provider
         self.config = config
         self._parse_error = parse_error
-        # Several pools instead of one: httpcore 1.0's pool scans all of its connections, and
-        # for each idle one all of them again, whenever a request starts or ends
-        # (encode/httpcore#1035), which at 64 streams cost a third of the gateway's CPU.
-        # Requests go round-robin, so each pool holds about 1/_POOL_SHARDS of them.
-        shards = 1 if transport is not None else _POOL_SHARDS
-        per_shard = max(1, -(-config.max_connections // shards))
-        self._clients = [
-            httpx.AsyncClient(
-                base_url=base_url,
-                headers=dict(headers),
-                timeout=httpx.Timeout(
-                    connect=config.connect_timeout,
-                    read=config.read_timeout,
-                    write=config.read_timeout,
-                    pool=config.connect_timeout,
-                ),
-                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
-                transport=transport,
-            )
-            for _ in range(shards)
-        ]
-        self._client = self._clients[0]  # Builds requests: every pool has the same settings.
-        self._turns = itertools.cycle(self._clients)
+        limits = httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_connections,
+        )
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers=dict(headers),
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout,
+                read=config.read_timeout,
+                write=config.read_timeout,
+                pool=config.connect_timeout,
+            ),
+            limits=limits,
+            # The network: aiohttp's pool and C parser (see `aiohttp_transport`); tests
+            # pass their own transport.
+            transport=transport if transport is not None else AiohttpTransport(limits=limits),
+        )
 
     async def aclose(self) -> None:
-        """Closes the connection pools."""
-        for client in self._clients:
-            await client.aclose()
+        """Closes the connection pool."""
+        await self._client.aclose()
 
     # -- streaming ----------------------------------------------------------------------------
 
@@ -195,13 +189,12 @@ class Upstream:
                 attempt.push_async_callback(response.aclose)
                 if response.status_code >= 400:
                     raise await self._error_from(response)
-            events = aiter_sse(response.aiter_bytes())
+            events = aiter_sse(_within(response.aiter_bytes(), deadline))
             attempt.push_async_callback(_aclose_iterator, events)
             translator = translator_factory()
             first: Events = []
             while not first:
-                async with asyncio.timeout_at(deadline):
-                    event = await _next_or_none(events)
+                event = await anext(events, None)
                 first = translator.end_of_body() if event is None else translator.feed(event)
                 if event is None and not first:
                     raise ProviderUnavailable(
@@ -232,8 +225,7 @@ class Upstream:
         """The events for the next provider event; failures end the stream in-band."""
         builder = translator.builder
         try:
-            async with asyncio.timeout_at(deadline):
-                event = await _next_or_none(events)
+            event = await anext(events, None)
             if event is not None:
                 return translator.feed(event)
             closing = translator.end_of_body()
@@ -338,7 +330,7 @@ class Upstream:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
-        return await next(self._turns).send(request, stream=True)
+        return await self._client.send(request, stream=True)
 
     async def _error_from(self, response: httpx.Response) -> ProviderError:
         content = b""
@@ -381,8 +373,57 @@ async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
         pass  # The connection is closed instead of reused; nothing else is lost.
 
 
-async def _next_or_none(events: AsyncIterator[ServerSentEvent]) -> ServerSentEvent | None:
-    return await anext(events, None)
+class _Budget:
+    """The `total` budget of one response body: one timer for all of its reads.
+
+    `asyncio.timeout_at` around each read armed and cancelled a timer per chunk (about a tenth
+    of the gateway's CPU per streamed answer). Here the timer is armed once; firing during a
+    read, it cancels the reading task as `asyncio.Timeout` does and the read raises
+    `TimeoutError`; a read after the deadline raises at once.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self._expired = False
+        self._reader: asyncio.Task[Any] | None = None
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def read(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+        """The next chunk, None at the end; raises `TimeoutError` past the deadline."""
+        if self._expired:
+            raise TimeoutError
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._reader = task
+        try:
+            return await anext(chunks, None)
+        except asyncio.CancelledError:
+            # Ours (and only ours) when the count drops back: as in `asyncio.Timeout`.
+            if self._expired and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._reader = None
+
+    def close(self) -> None:
+        """Disarms the timer."""
+        self._timer.cancel()
+
+
+async def _within(chunks: AsyncIterator[bytes], deadline: float) -> AsyncGenerator[bytes, None]:
+    """`chunks`, each read before `deadline` (`TimeoutError` otherwise); see `_Budget`."""
+    budget = _Budget(deadline)
+    try:
+        while (chunk := await budget.read(chunks)) is not None:
+            yield chunk
+    finally:
+        budget.close()
+        await _aclose_iterator(chunks)
 
 
 async def _aclose_iterator(iterator: AsyncIterator[Any]) -> None:

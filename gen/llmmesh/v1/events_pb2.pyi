@@ -142,7 +142,7 @@ class ToolCallDelta(_message.Message):
     def __init__(self, tool_call_index: _Optional[int] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[str] = ..., provider_metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SequenceDelta(_message.Message):
-    __slots__ = ("index", "text", "reasoning", "refusal", "tool_call", "token_ids", "logprobs")
+    __slots__ = ("index", "text", "reasoning", "refusal", "tool_call", "token_ids", "logprobs", "provider_metadata")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class SequenceDelta(_message.Message):
     TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_METADATA_FIELD_NUMBER: _ClassVar[int]
     index: int
     text: str
     reasoning: ReasoningDelta
@@ -157,7 +158,8 @@ class SequenceDelta(_message.Message):
     tool_call: ToolCallDelta
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
-    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., reasoning: _Optional[_Union[ReasoningDelta, _Mapping]] = ..., refusal: _Optional[str] = ..., tool_call: _Optional[_Union[ToolCallDelta, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
+    provider_metadata: _struct_pb2.Struct
+    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., reasoning: _Optional[_Union[ReasoningDelta, _Mapping]] = ..., refusal: _Optional[str] = ..., tool_call: _Optional[_Union[ToolCallDelta, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., provider_metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SequenceFinish(_message.Message):
     __slots__ = ("index", "reason", "stop_sequence", "cumulative_logprob")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from llmmesh.v1 import chat_pb2, events_pb2
+from sse_starlette import ServerSentEvent
 
 from gateway.openai_api import OpenAIEncoder
 
@@ -28,6 +29,9 @@ def test_text_deltas_match_the_general_encoding(include_usage: bool) -> None:
         # The document the general path builds for any delta (logprobs, tool calls, ...).
         expected = general._chunk([general._delta_choice(delta)])
         assert event.data == expected.data
+        # Encoded without sse-starlette's line splitting, to the same bytes.
+        assert event.encode() == ServerSentEvent(data=event.data).encode()
+        assert expected.encode() == ServerSentEvent(data=expected.data).encode()
         chunk = json.loads(str(event.data))
         assert chunk["id"] == "chatcmpl-req-1" and chunk["model"] == "módel"
         assert chunk["choices"] == [

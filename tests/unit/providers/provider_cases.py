@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class Sequence:
     calls: tuple[Call, ...] = ()
     stop_sequence: str | None = None
     logprobs: tuple[tuple[str, float], ...] = ()
+    #: The Gemini `thoughtSignature` carried by the text deltas' `provider_metadata`.
+    text_signature: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,13 @@ def _splice_after_first(provider: str, name: str, marker: bytes, extra: bytes) -
     at = content.index(marker)
     end = content.index(b"\n\n", at) + 2
     return content[:end] + extra + content[end:]
+
+
+def _replace_first(provider: str, name: str, old: bytes, new: bytes) -> bytes:
+    """The fixture with the first `old` (which must occur) replaced by `new`."""
+    content = _fixture(provider, name)
+    assert old in content, old
+    return content.replace(old, new, 1)
 
 
 # -- the facts, read from the fixtures ---------------------------------------------------------
@@ -191,6 +200,10 @@ def _gemini_now_signature() -> str:
     raise AssertionError("the fixture has no functionCall")
 
 
+#: Synthesized: no recorded fixture has a `thoughtSignature` on a text part (Gemini 2.5 sends one
+#: on the first text part of an answer after thinking, Gemini 3 may send it alone in the last
+#: part); the spliced cases below put this one in those two places of a gemini-2.5 stream.
+GEMINI_TEXT_SIGNATURE = "c3BsaWNlZCB0aG91Z2h0IHNpZ25hdHVyZQ=="
 _OVERLOADED = _fixture("anthropic", "docs-error-overloaded-event.sse")
 _OPENAI_SERVER_ERROR = (
     # Synthesized: the in-band error object the openai SDK checks for in every chunk
@@ -199,57 +212,106 @@ _OPENAI_SERVER_ERROR = (
     b'"type": "server_error", "param": null, "code": null}}\n\n'
 )
 
+_GPT_4O = "gpt-4o-2024-08-06"
+_GPT_4O_MINI = "gpt-4o-mini-2024-07-18"
+_SONNET_4 = "claude-sonnet-4-20250514"
+_SONNET_4_5 = "claude-sonnet-4-5-20250929"
+_GEMINI_2_0 = "gemini-2.0-flash"
+_GEMINI_2_5 = "gemini-2.5-flash"
+
+
+def _n3_locations(*temperatures: str) -> dict[int, Sequence]:
+    """The three structured answers of the OpenAI n=3 recordings (one temperature each)."""
+    return {
+        index: Sequence(
+            STOP, text=f'{{"city":"San Francisco","temperature":{temperature},"units":"f"}}'
+        )
+        for index, temperature in enumerate(temperatures)
+    }
+
+
+def _weather_and_stock_calls(weather_id: str, stock_id: str) -> dict[int, Sequence]:
+    """The two parallel tool calls of the OpenAI multiple-tools recordings."""
+    weather = {"city": "Edinburgh", "country": "GB", "units": "c"}
+    stock = {"ticker": "AAPL", "exchange": "NASDAQ"}
+    return {
+        0: Sequence(
+            TOOL_CALLS,
+            calls=(
+                Call("GetWeatherArgs", weather, id=weather_id),
+                Call("get_stock_price", stock, id=stock_id),
+            ),
+        )
+    }
+
+
+_OPENAI_BASIC = Case(
+    "openai",
+    "chat-stream-basic-text.sse",
+    {0: Sequence(STOP, text=_WEATHER_TEXT)},
+    Usage(14, 30, 44),
+    "chatcmpl-ABfw031mOJeYCSHe4yI2ZjOA6kMJL",
+    _GPT_4O,
+)
+_ANTHROPIC_BASIC = Case(
+    "anthropic",
+    "docs-basic-stream.sse",
+    {0: Sequence(STOP, text="Hello!")},
+    Usage(25, 15, 40),
+    "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY",
+    _SONNET_4_5,
+    prompt_tokens_at_start=25,
+)
+_ANTHROPIC_THINKING = Case(
+    "anthropic",
+    "thinking-stream.sse",
+    {
+        0: Sequence(
+            STOP,
+            text=_THINKING_TEXT,
+            reasoning=_THINKING_REASONING,
+            signature=_THINKING_SIGNATURE,
+        )
+    },
+    Usage(43, 282, 325),
+    "msg_01ALwQ87pTS7hH1PjSdC9wJD",
+    _SONNET_4,
+    prompt_tokens_at_start=43,
+    include_reasoning=True,
+)
+_GEMINI_USAGE_GROWING = Case(
+    "gemini",
+    "stream-usage-growing.sse",  # candidatesTokenCount 31 → 79 → 80
+    {0: Sequence(STOP, text="\n".join(str(number) for number in range(1, 31)))},
+    Usage(18, 80 + 35, 133, reasoning=35),
+    "ru1garvBEoOiqtsP2fznmQw",
+    _GEMINI_2_5,
+    prompt_tokens_at_start=18,
+)
+#: The same answer, its text signed with `GEMINI_TEXT_SIGNATURE`.
+_GEMINI_SIGNED_TEXT = {
+    0: replace(_GEMINI_USAGE_GROWING.sequences[0], text_signature=GEMINI_TEXT_SIGNATURE)
+}
+
 CASES: list[Case] = [
     # ---- OpenAI ---------------------------------------------------------------------------
-    Case(
-        "openai",
-        "chat-stream-basic-text.sse",
-        {
-            0: Sequence(
-                STOP,
-                text=_WEATHER_TEXT,
-            )
-        },
-        Usage(14, 30, 44),
-        "chatcmpl-ABfw031mOJeYCSHe4yI2ZjOA6kMJL",
-        "gpt-4o-2024-08-06",
-    ),
+    _OPENAI_BASIC,
     Case(
         "openai",
         "chat-stream-n3-interleaved.sse",
-        {
-            0: Sequence(STOP, text='{"city":"San Francisco","temperature":65,"units":"f"}'),
-            1: Sequence(STOP, text='{"city":"San Francisco","temperature":61,"units":"f"}'),
-            2: Sequence(STOP, text='{"city":"San Francisco","temperature":59,"units":"f"}'),
-        },
+        _n3_locations("65", "61", "59"),
         Usage(79, 42, 121),
         "chatcmpl-ABfw2KKFuVXmEJgVwYfBvejMAdWtq",
-        "gpt-4o-2024-08-06",
+        _GPT_4O,
         n=3,
     ),
     Case(
         "openai",
         "chat-stream-parallel-tool-calls.sse",
-        {
-            0: Sequence(
-                TOOL_CALLS,
-                calls=(
-                    Call(
-                        "GetWeatherArgs",
-                        {"city": "Edinburgh", "country": "GB", "units": "c"},
-                        id="call_JMW1whyEaYG438VE1OIflxA2",
-                    ),
-                    Call(
-                        "get_stock_price",
-                        {"ticker": "AAPL", "exchange": "NASDAQ"},
-                        id="call_DNYTawLBoN8fj3KN6qU9N1Ou",
-                    ),
-                ),
-            )
-        },
+        _weather_and_stock_calls("call_JMW1whyEaYG438VE1OIflxA2", "call_DNYTawLBoN8fj3KN6qU9N1Ou"),
         Usage(149, 60, 209),
         "chatcmpl-ABfwAwrNePHUgBBezonVC6MX3zd63",
-        "gpt-4o-2024-08-06",
+        _GPT_4O,
     ),
     Case(
         "openai",
@@ -258,15 +320,13 @@ CASES: list[Case] = [
             0: Sequence(
                 TOOL_CALLS,
                 calls=(
-                    Call(
-                        "get_weather", {"city": "New York City"}, id="call_4XzlGBLtUe9dy3GVNV4jhq7h"
-                    ),
+                    Call("get_weather", {"city": "New York City"}, "call_4XzlGBLtUe9dy3GVNV4jhq7h"),
                 ),
             )
         },
         Usage(44, 16, 60),
         "chatcmpl-ABfwERreu9s99xXsVuOWtIB2UOx62",
-        "gpt-4o-2024-08-06",
+        _GPT_4O,
     ),
     Case(
         "openai",
@@ -274,7 +334,7 @@ CASES: list[Case] = [
         {0: Sequence(STOP, refusal="I'm sorry, I can't assist with that request.")},
         Usage(79, 11, 90),
         "chatcmpl-ABfw4IfQfCCrcuybFm41wJyxjbkz7",
-        "gpt-4o-2024-08-06",
+        _GPT_4O,
     ),
     Case(
         "openai",
@@ -282,7 +342,7 @@ CASES: list[Case] = [
         {0: Sequence(LENGTH, text='{"')},
         Usage(79, 1, 80),
         "chatcmpl-ABfw3Oqj8RD0z6aJiiX37oTjV2HFh",
-        "gpt-4o-2024-08-06",
+        _GPT_4O,
     ),
     Case(
         "openai",
@@ -290,7 +350,7 @@ CASES: list[Case] = [
         {0: Sequence(STOP, text="Foo!", logprobs=(("Foo", -0.0025094282), ("!", -0.26638845)))},
         Usage(9, 2, 11),
         "chatcmpl-ABfw5EzoqmfXjnnsXY7Yd8OC6tb3c",
-        "gpt-4o-2024-08-06",
+        _GPT_4O,
     ),
     Case(
         "openai",
@@ -298,12 +358,12 @@ CASES: list[Case] = [
         {
             0: Sequence(
                 TOOL_CALLS,
-                calls=(Call("get_capital", {"country": "UK"}, id="call_ZR5UUuTt3pf61kjwAJIYdVMj"),),
+                calls=(Call("get_capital", {"country": "UK"}, "call_ZR5UUuTt3pf61kjwAJIYdVMj"),),
             )
         },
         Usage(53, 15, 68),
         "chatcmpl-Dx0XpqH8w09uBXwq1zFGYdETjtnEl",
-        "gpt-4o-mini-2024-07-18",
+        _GPT_4O_MINI,
     ),
     Case(
         "openai",
@@ -311,15 +371,12 @@ CASES: list[Case] = [
         {0: Sequence(STOP, text="The capital of the UK is London.")},
         Usage(78, 9, 87),
         "chatcmpl-Dx0Xq5Xx9rHB2ehcHZCRDsnuymUXc",
-        "gpt-4o-mini-2024-07-18",
+        _GPT_4O_MINI,
     ),
-    Case(
-        "openai",
-        "chat-stream-basic-text.sse",
-        {0: Sequence(ERROR, text="I'm unable")},
-        Usage(0, 0, 0),
-        "chatcmpl-ABfw031mOJeYCSHe4yI2ZjOA6kMJL",
-        "gpt-4o-2024-08-06",
+    replace(
+        _OPENAI_BASIC,
+        sequences={0: Sequence(ERROR, text="I'm unable")},
+        usage=Usage(0, 0, 0),
         error=(events_pb2.ERROR_CODE_UPSTREAM_ERROR, True),
         body=_splice_after_first(
             "openai", "chat-stream-basic-text.sse", b'" unable"', _OPENAI_SERVER_ERROR
@@ -329,14 +386,10 @@ CASES: list[Case] = [
     Case(
         "openai",
         "chat-nonstream-n3.json",
-        {
-            0: Sequence(STOP, text='{"city":"San Francisco","temperature":64,"units":"f"}'),
-            1: Sequence(STOP, text='{"city":"San Francisco","temperature":65,"units":"f"}'),
-            2: Sequence(STOP, text='{"city":"San Francisco","temperature":63.0,"units":"f"}'),
-        },
+        _n3_locations("64", "65", "63.0"),
         Usage(79, 44, 123),
         "chatcmpl-ABfvp8qzboW92q8ONDF4DPHlI7ckC",
-        "gpt-4o-2024-08-06",
+        _GPT_4O,
         prompt_tokens_at_start=79,
         n=3,
         mode="complete",
@@ -344,39 +397,15 @@ CASES: list[Case] = [
     Case(
         "openai",
         "chat-nonstream-parallel-tool-calls.json",
-        {
-            0: Sequence(
-                TOOL_CALLS,
-                calls=(
-                    Call(
-                        "GetWeatherArgs",
-                        {"city": "Edinburgh", "country": "GB", "units": "c"},
-                        id="call_fdNz3vOBKYgOIpMdWotB9MjY",
-                    ),
-                    Call(
-                        "get_stock_price",
-                        {"ticker": "AAPL", "exchange": "NASDAQ"},
-                        id="call_h1DWI1POMJLb0KwIyQHWXD4p",
-                    ),
-                ),
-            )
-        },
+        _weather_and_stock_calls("call_fdNz3vOBKYgOIpMdWotB9MjY", "call_h1DWI1POMJLb0KwIyQHWXD4p"),
         Usage(149, 60, 209),
         "chatcmpl-ABfvyvfNWKcl7Ohqos4UFrmMs1v4C",
-        "gpt-4o-2024-08-06",
+        _GPT_4O,
         prompt_tokens_at_start=149,
         mode="complete",
     ),
     # ---- Anthropic ------------------------------------------------------------------------
-    Case(
-        "anthropic",
-        "docs-basic-stream.sse",
-        {0: Sequence(STOP, text="Hello!")},
-        Usage(25, 15, 40),
-        "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY",
-        "claude-sonnet-4-5-20250929",
-        prompt_tokens_at_start=25,
-    ),
+    _ANTHROPIC_BASIC,
     Case(
         "anthropic",
         "docs-tool-use-stream.sse",
@@ -388,14 +417,14 @@ CASES: list[Case] = [
                     Call(
                         "get_weather",
                         {"location": "San Francisco, CA", "unit": "fahrenheit"},
-                        id="toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+                        "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
                     ),
                 ),
             )
         },
         Usage(472, 89, 561),
         "msg_014p7gG3wDgGV9EUtLvnow3U",
-        "claude-sonnet-4-5-20250929",
+        _SONNET_4_5,
         prompt_tokens_at_start=472,
     ),
     Case(
@@ -406,13 +435,13 @@ CASES: list[Case] = [
                 TOOL_CALLS,
                 text="I'll check the current weather in Paris for you.",
                 calls=(
-                    Call("get_weather", {"location": "Paris"}, id="toolu_01NRLabsLyVHZPKxbKvkfSMn"),
+                    Call("get_weather", {"location": "Paris"}, "toolu_01NRLabsLyVHZPKxbKvkfSMn"),
                 ),
             )
         },
         Usage(377, 65, 442),
         "msg_019Q1hrJbZG26Fb9BQhrkHEr",
-        "claude-sonnet-4-20250514",
+        _SONNET_4,
         prompt_tokens_at_start=377,
     ),
     Case(
@@ -422,13 +451,7 @@ CASES: list[Case] = [
             0: Sequence(
                 LENGTH,
                 text=_TAX_TEXT,
-                calls=(
-                    Call(
-                        "make_file",
-                        _TAX_ARGUMENTS,
-                        id="toolu_01EKqbqmZrGRXy18eN7m9kvY",
-                    ),
-                ),
+                calls=(Call("make_file", _TAX_ARGUMENTS, "toolu_01EKqbqmZrGRXy18eN7m9kvY"),),
             )
         },
         Usage(450, 124, 574),
@@ -436,42 +459,18 @@ CASES: list[Case] = [
         "claude-3-7-sonnet-20250219",
         prompt_tokens_at_start=450,
     ),
-    Case(
-        "anthropic",
-        "thinking-stream.sse",
-        {
-            0: Sequence(
-                STOP,
-                text=_THINKING_TEXT,
-                reasoning=_THINKING_REASONING,
-                signature=_THINKING_SIGNATURE,
-            )
-        },
-        Usage(43, 282, 325),
-        "msg_01ALwQ87pTS7hH1PjSdC9wJD",
-        "claude-sonnet-4-20250514",
-        prompt_tokens_at_start=43,
-        include_reasoning=True,
-    ),
-    Case(
-        "anthropic",
-        "thinking-stream.sse",
-        {0: Sequence(STOP, text=_THINKING_TEXT)},
-        Usage(43, 282, 325),
-        "msg_01ALwQ87pTS7hH1PjSdC9wJD",
-        "claude-sonnet-4-20250514",
-        prompt_tokens_at_start=43,
+    _ANTHROPIC_THINKING,
+    replace(
+        _ANTHROPIC_THINKING,
+        sequences={0: Sequence(STOP, text=_THINKING_TEXT)},
+        include_reasoning=False,
         id="anthropic/thinking-stream.sse-without-include_reasoning",
     ),
-    Case(
-        "anthropic",
-        "docs-basic-stream.sse",
+    replace(
+        _ANTHROPIC_BASIC,
         # Usage so far: message_start's input_tokens 25 and output_tokens 1.
-        {0: Sequence(ERROR, text="Hello")},
-        Usage(25, 1, 26),
-        "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY",
-        "claude-sonnet-4-5-20250929",
-        prompt_tokens_at_start=25,
+        sequences={0: Sequence(ERROR, text="Hello")},
+        usage=Usage(25, 1, 26),
         error=(events_pb2.ERROR_CODE_UNAVAILABLE, True),
         body=_splice_after_first(
             "anthropic", "docs-basic-stream.sse", b"content_block_delta", _OVERLOADED
@@ -485,7 +484,7 @@ CASES: list[Case] = [
         {0: Sequence(STOP, text="The capital of Wyoming is **Cheyenne**.\n")},
         Usage(7, 10, 17),
         "",
-        "gemini-2.0-flash",
+        _GEMINI_2_0,
         prompt_tokens_at_start=7,
     ),
     Case(
@@ -500,7 +499,7 @@ CASES: list[Case] = [
         },
         Usage(38, 6 + 168, 212, reasoning=168),
         "48SHaPHpHKbG-8YPtZCawAk",
-        "gemini-2.5-flash",
+        _GEMINI_2_5,
         prompt_tokens_at_start=38,
         include_reasoning=True,
     ),
@@ -518,7 +517,7 @@ CASES: list[Case] = [
         {0: Sequence(TOOL_CALLS, calls=(Call("get_capital", {"country": "France"}),))},
         Usage(52, 5, 57),
         "1lpeaMTxIpW1nvgP-O3vwQY",
-        "gemini-2.0-flash",
+        _GEMINI_2_0,
         prompt_tokens_at_start=52,
     ),
     Case(
@@ -527,7 +526,7 @@ CASES: list[Case] = [
         {0: Sequence(TOOL_CALLS, calls=(Call("get_temperature", {"city": "Paris"}),))},
         Usage(64, 5, 69),
         "11peaOXwBPH_2PgPh_z--AY",
-        "gemini-2.0-flash",
+        _GEMINI_2_0,
         prompt_tokens_at_start=64,
     ),
     Case(
@@ -536,18 +535,10 @@ CASES: list[Case] = [
         {0: Sequence(STOP, text="The temperature in Paris is 30°C.\n")},
         Usage(79, 12, 91),
         "11peaI_ZJLq3nvgP0vasuQk",
-        "gemini-2.0-flash",
+        _GEMINI_2_0,
         prompt_tokens_at_start=169,
     ),
-    Case(
-        "gemini",
-        "stream-usage-growing.sse",  # candidatesTokenCount 31 → 79 → 80
-        {0: Sequence(STOP, text="\n".join(str(number) for number in range(1, 31)))},
-        Usage(18, 80 + 35, 133, reasoning=35),
-        "ru1garvBEoOiqtsP2fznmQw",
-        "gemini-2.5-flash",
-        prompt_tokens_at_start=18,
-    ),
+    _GEMINI_USAGE_GROWING,
     Case(
         "gemini",
         "generate-content-basic.json",
@@ -562,9 +553,34 @@ CASES: list[Case] = [
         },
         Usage(7, 22, 29),
         "",
-        "gemini-2.0-flash",
+        _GEMINI_2_0,
         prompt_tokens_at_start=7,
         mode="complete",
+    ),
+    replace(
+        _GEMINI_USAGE_GROWING,
+        sequences=_GEMINI_SIGNED_TEXT,
+        body=_replace_first(
+            "gemini",
+            "stream-usage-growing.sse",
+            b'"}],"role": "model"}',
+            b'", "thoughtSignature": "' + GEMINI_TEXT_SIGNATURE.encode() + b'"}],"role": "model"}',
+        ),
+        id="gemini/thought-signature-on-the-first-text-part",
+    ),
+    replace(
+        _GEMINI_USAGE_GROWING,
+        sequences=_GEMINI_SIGNED_TEXT,
+        body=_replace_first(
+            "gemini",
+            "stream-usage-growing.sse",
+            b'data: {"candidates": [{"content": {"parts": [{"text": "0"}]',
+            b'data: {"candidates": [{"content": {"parts": [{"thoughtSignature": "'
+            + GEMINI_TEXT_SIGNATURE.encode()
+            + b'"}],"role": "model"},"index": 0}]}\r\n\r\n'
+            + b'data: {"candidates": [{"content": {"parts": [{"text": "0"}]',
+        ),
+        id="gemini/thought-signature-alone-in-a-part",
     ),
 ]
 
@@ -579,6 +595,7 @@ class _Collected:
     signature: str = ""
     refusal: str = ""
     calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    text_meta: dict[str, Any] = field(default_factory=dict)
     finish: int | None = None
     stop_sequence: str | None = None
     logprobs: list[tuple[str, float]] = field(default_factory=list)
@@ -642,7 +659,10 @@ def check_case(case: Case, events: list[events_pb2.StreamEvent]) -> None:
             if which == "text":
                 target.text += delta.text
                 target.logprobs += [(item.token, item.logprob) for item in delta.logprobs]
-            elif which == "reasoning":
+                target.text_meta.update(json_format.MessageToDict(delta.provider_metadata))
+            else:
+                assert not delta.HasField("provider_metadata"), "only text deltas carry it"
+            if which == "reasoning":
                 target.reasoning += delta.reasoning.text
                 target.signature += delta.reasoning.signature
             elif which == "refusal":
@@ -673,6 +693,11 @@ def check_case(case: Case, events: list[events_pb2.StreamEvent]) -> None:
         assert got.signature == expected.signature, index
         assert got.refusal == expected.refusal, index
         assert got.stop_sequence == expected.stop_sequence, index
+        assert got.text_meta == (
+            {"gemini": {"thoughtSignature": expected.text_signature}}
+            if expected.text_signature
+            else {}
+        ), index
         assert [(token, round(logprob, 6)) for token, logprob in got.logprobs] == [
             (token, round(logprob, 6)) for token, logprob in expected.logprobs
         ]

@@ -85,6 +85,21 @@ def _replay(case: Case, chunk_size: int | None = None) -> Handler:
     return handler
 
 
+def _answer(
+    body: bytes | Callable[[], AsyncIterator[bytes]],
+    *,
+    status: int = 200,
+    content_type: str = "text/event-stream",
+) -> Handler:
+    """Answers every request with `body` (a generator function: a fresh body each time)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        content = body if isinstance(body, bytes) else body()
+        return httpx.Response(status, headers={"content-type": content_type}, content=content)
+
+    return handler
+
+
 async def _run(adapter: ProviderAdapter, case: Case) -> list[events_pb2.StreamEvent]:
     try:
         if case.mode == "complete":
@@ -272,12 +287,7 @@ async def test_no_retry_after_the_first_event(provider: str) -> None:
         yield content[:cut]
         raise httpx.ReadError("connection reset")
 
-    upstream = Upstream(
-        lambda request: httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, content=dying()
-        ),
-        _replay(case),
-    )
+    upstream = Upstream(_answer(dying), _replay(case))
     events = await _run(upstream.adapter(provider), case)
     assert_well_formed(events)
     error = events[-2].error
@@ -289,12 +299,7 @@ async def test_an_error_event_before_the_first_event_is_retried() -> None:
     """Anthropic's `overloaded_error` as the whole answer: nothing was sent, so retry."""
     overloaded = (FIXTURES / "anthropic" / "docs-error-overloaded-event.sse").read_bytes()
     case = _first_stream_case("anthropic")
-    upstream = Upstream(
-        lambda request: httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, content=overloaded
-        ),
-        _replay(case),
-    )
+    upstream = Upstream(_answer(overloaded), _replay(case))
     events = await _run(upstream.adapter("anthropic"), case)
     check_case(case, events)
     assert len(upstream.requests) == 2
@@ -302,11 +307,7 @@ async def test_an_error_event_before_the_first_event_is_retried() -> None:
 
 async def test_an_error_event_on_every_attempt_raises_unavailable() -> None:
     overloaded = (FIXTURES / "anthropic" / "docs-error-overloaded-event.sse").read_bytes()
-    upstream = Upstream(
-        lambda request: httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, content=overloaded
-        )
-    )
+    upstream = Upstream(_answer(overloaded))
     with pytest.raises(ProviderUnavailable) as caught:
         await _run(upstream.adapter("anthropic"), _first_stream_case("anthropic"))
     assert caught.value.retryable
@@ -317,11 +318,7 @@ async def test_an_error_event_on_every_attempt_raises_unavailable() -> None:
 async def test_gemini_refusing_the_key_is_a_configuration_error() -> None:
     """Google answers a bad key with 400 INVALID_ARGUMENT + ErrorInfo reason API_KEY_INVALID."""
     recorded = (FIXTURES / "gemini" / "error-400-api-key-invalid.json").read_bytes()
-    upstream = Upstream(
-        lambda request: httpx.Response(
-            400, headers={"content-type": "application/json"}, content=recorded
-        )
-    )
+    upstream = Upstream(_answer(recorded, status=400, content_type="application/json"))
     with pytest.raises(ProviderUnavailable) as caught:
         await _run(upstream.adapter("gemini"), _first_stream_case("gemini"))
     assert not caught.value.retryable
@@ -347,11 +344,7 @@ async def test_total_budget_before_the_first_event_raises_timeout(provider: str)
         await never.wait()
         yield b""
 
-    upstream = Upstream(
-        lambda request: httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, content=silent()
-        )
-    )
+    upstream = Upstream(_answer(silent))
     adapter = upstream.adapter(provider)
     case = _first_stream_case(provider)
     with pytest.raises(ProviderTimeout):
@@ -373,11 +366,7 @@ async def test_total_budget_mid_stream_ends_in_band(provider: str) -> None:
         yield content[:cut]
         await never.wait()
 
-    upstream = Upstream(
-        lambda request: httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, content=stalls()
-        )
-    )
+    upstream = Upstream(_answer(stalls))
     adapter = upstream.adapter(provider)
     async with asyncio.timeout(5):
         events = [event async for event in adapter.stream(_request_with_budget(case, 0.1))]
@@ -397,11 +386,7 @@ async def test_read_timeout_mid_stream_is_an_idle_timeout(provider: str) -> None
         yield content[:cut]
         raise httpx.ReadTimeout("no data within the read timeout")
 
-    upstream = Upstream(
-        lambda request: httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, content=times_out()
-        )
-    )
+    upstream = Upstream(_answer(times_out))
     events = await _run(upstream.adapter(provider), case)
     assert_well_formed(events)
     error = events[-2].error

@@ -38,6 +38,20 @@ def _extension(request: chat_pb2.ChatRequest, provider: str, values: dict[str, A
     request.generation_parameters.provider_extensions[provider].CopyFrom(_struct(values))
 
 
+def _answered(
+    request: chat_pb2.ChatRequest, call: chat_pb2.ToolCall, result: str
+) -> chat_pb2.ChatRequest:
+    """The next turn of `request`: the assistant made `call`, and the tool answered `result`."""
+    follow_up = copy.deepcopy(request)
+    follow_up.messages.extend(
+        [
+            chat_pb2.Message(role=ROLE.ROLE_ASSISTANT, tool_calls=[call]),
+            _text(ROLE.ROLE_TOOL, result, tool_call_id=call.id),
+        ]
+    )
+    return follow_up
+
+
 async def _sent_body(
     provider: str, request: chat_pb2.ChatRequest, upstream_model: str = "upstream-model"
 ) -> dict[str, Any]:
@@ -135,22 +149,10 @@ def _openai_requests() -> dict[str, tuple[chat_pb2.ChatRequest, str]]:
         tool_choice=chat_pb2.ToolChoice(mode=chat_pb2.ToolChoice.MODE_AUTO),
         include_usage=True,
     )
-    roundtrip_2 = copy.deepcopy(roundtrip_1)
-    roundtrip_2.messages.extend(
-        [
-            chat_pb2.Message(
-                role=ROLE.ROLE_ASSISTANT,
-                tool_calls=[
-                    chat_pb2.ToolCall(
-                        id="call_ZR5UUuTt3pf61kjwAJIYdVMj",
-                        name="get_capital",
-                        arguments='{"country":"UK"}',
-                    )
-                ],
-            ),
-            _text(ROLE.ROLE_TOOL, "London", tool_call_id="call_ZR5UUuTt3pf61kjwAJIYdVMj"),
-        ]
+    capital_call = chat_pb2.ToolCall(
+        id="call_ZR5UUuTt3pf61kjwAJIYdVMj", name="get_capital", arguments='{"country":"UK"}'
     )
+    roundtrip_2 = _answered(roundtrip_1, capital_call, "London")
     return {
         "openai/chat-stream-basic-text.request.json": (basic, "gpt-4o-2024-08-06"),
         "openai/chat-stream-logprobs.request.json": (logprobs, "gpt-4o-2024-08-06"),
@@ -230,36 +232,18 @@ def _gemini_requests() -> dict[str, tuple[chat_pb2.ChatRequest, str]]:
             ),
         ],
     )
-    capital_call = "pyd_ai_0e1a07b3c2b64d2ab3ad2efbe18e1b97"
-    roundtrip_2 = copy.deepcopy(roundtrip_1)
-    roundtrip_2.messages.extend(
-        [
-            chat_pb2.Message(
-                role=ROLE.ROLE_ASSISTANT,
-                tool_calls=[
-                    chat_pb2.ToolCall(
-                        id=capital_call, name="get_capital", arguments='{"country": "France"}'
-                    )
-                ],
-            ),
-            _text(ROLE.ROLE_TOOL, '{"return_value": "Paris"}', tool_call_id=capital_call),
-        ]
+    capital_call = chat_pb2.ToolCall(
+        id="pyd_ai_0e1a07b3c2b64d2ab3ad2efbe18e1b97",
+        name="get_capital",
+        arguments='{"country": "France"}',
     )
-    temperature_call = "pyd_ai_98b25d994c5648df82f683188629229d"
-    roundtrip_3 = copy.deepcopy(roundtrip_2)
-    roundtrip_3.messages.extend(
-        [
-            chat_pb2.Message(
-                role=ROLE.ROLE_ASSISTANT,
-                tool_calls=[
-                    chat_pb2.ToolCall(
-                        id=temperature_call, name="get_temperature", arguments='{"city": "Paris"}'
-                    )
-                ],
-            ),
-            _text(ROLE.ROLE_TOOL, '{"return_value": "30°C"}', tool_call_id=temperature_call),
-        ]
+    roundtrip_2 = _answered(roundtrip_1, capital_call, '{"return_value": "Paris"}')
+    temperature_call = chat_pb2.ToolCall(
+        id="pyd_ai_98b25d994c5648df82f683188629229d",
+        name="get_temperature",
+        arguments='{"city": "Paris"}',
     )
+    roundtrip_3 = _answered(roundtrip_2, temperature_call, '{"return_value": "30°C"}')
     growing = chat_pb2.ChatRequest(
         messages=[_text(ROLE.ROLE_USER, "Count from 1 to 30, one number per line, digits only.")]
     )
