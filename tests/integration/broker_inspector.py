@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import aio_pika
+import aiormq
 
 from plumbing.topology import Topology
 
@@ -50,16 +51,23 @@ class BrokerInspector:
         queues, exchanges = await asyncio.gather(self.queue_names(), self.exchange_names())
         return queues, exchanges
 
-    async def delete_everything(self) -> None:
-        """Deletes every queue and exchange under the prefix."""
-        queues, exchanges = await self.names()
-        connection = await aio_pika.connect(AMQP_URL)
-        async with connection:
-            channel = await connection.channel()
-            for name in queues:
-                await channel.queue_delete(name, if_unused=False, if_empty=False)
-            for name in exchanges:
-                await channel.exchange_delete(name)
+    async def delete_everything(self, *, within: float = 30.0) -> None:
+        """Deletes every queue and exchange under the prefix, within `within` seconds.
+
+        An exclusive queue whose owner's connection is still closing cannot be deleted from
+        another connection (RESOURCE_LOCKED); it vanishes with that connection. So each name
+        is deleted on a channel of its own (a refusal closes only that channel) and the names
+        are listed again (each listing is a `rabbitmqctl` run) until none is left.
+        """
+        async with asyncio.timeout(within):
+            while any(names := await self.names()):
+                queues, exchanges = names
+                connection = await aio_pika.connect(AMQP_URL)
+                async with connection:
+                    for name in queues:
+                        await _delete(connection, name, queue=True)
+                    for name in exchanges:
+                        await _delete(connection, name, queue=False)
 
     async def _list(self, command: str) -> set[str]:
         process = await asyncio.create_subprocess_exec(
@@ -76,3 +84,17 @@ class BrokerInspector:
         assert process.returncode == 0, stderr.decode()
         names = {line.strip() for line in stdout.decode().splitlines()}
         return {name for name in names if name.startswith(self.prefix)}
+
+
+async def _delete(connection: aio_pika.abc.AbstractConnection, name: str, *, queue: bool) -> None:
+    """Deletes one queue or exchange on its own channel; a locked or vanished one is left to
+    the next listing."""
+    channel = await connection.channel()
+    try:
+        if queue:
+            await channel.queue_delete(name, if_unused=False, if_empty=False)
+        else:
+            await channel.exchange_delete(name)
+    except (aiormq.exceptions.ChannelLockedResource, aio_pika.exceptions.ChannelNotFoundEntity):
+        return  # the broker closed the channel with the refusal
+    await channel.close()
