@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from plumbing.settings import PositiveSeconds, Seconds, ServiceSettingsBase
+from plumbing.settings import (
+    OptionalPemFile,
+    PositiveSeconds,
+    Seconds,
+    ServiceSettingsBase,
+    require_together,
+)
 
 __all__ = ["GatewaySettings"]
 
@@ -50,8 +55,27 @@ class GatewaySettings(ServiceSettingsBase, BaseSettings):
     shutdown_grace: Seconds = Field(
         default=10.0, description="Seconds in-flight requests get to finish on shutdown."
     )
-    tls_certfile: Path | None = Field(default=None, description="TLS certificate (PEM).")
-    tls_keyfile: Path | None = Field(default=None, description="TLS private key (PEM).")
+    tls_certfile: OptionalPemFile = Field(
+        default=None, description="TLS certificate of the HTTP listener (PEM); with tls_keyfile."
+    )
+    tls_keyfile: OptionalPemFile = Field(
+        default=None, description="TLS private key of the HTTP listener (PEM); with tls_certfile."
+    )
+    scheduler_tls_ca: OptionalPemFile = Field(
+        default=None,
+        description="CA bundle (PEM) the schedulers' gRPC certificates are verified against; "
+        "setting it turns on TLS to the schedulers (their `LLM_MESH_SCHEDULER_TLS_*`). Each "
+        "target's host must be named in its scheduler's certificate.",
+    )
+    scheduler_tls_certfile: OptionalPemFile = Field(
+        default=None,
+        description="Client certificate (PEM) shown to the schedulers, for mutual TLS (when "
+        "they set `LLM_MESH_SCHEDULER_TLS_CLIENT_CA`); with scheduler_tls_keyfile.",
+    )
+    scheduler_tls_keyfile: OptionalPemFile = Field(
+        default=None,
+        description="Private key (PEM) of scheduler_tls_certfile.",
+    )
 
     @field_validator("scheduler_targets", mode="before")
     @classmethod
@@ -61,9 +85,14 @@ class GatewaySettings(ServiceSettingsBase, BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> GatewaySettings:
-        if (self.tls_certfile is None) != (self.tls_keyfile is None):
-            raise ValueError("tls_certfile and tls_keyfile must be set together")
+    def _tls_pairs(self) -> GatewaySettings:
+        require_together(tls_certfile=self.tls_certfile, tls_keyfile=self.tls_keyfile)
+        require_together(
+            scheduler_tls_certfile=self.scheduler_tls_certfile,
+            scheduler_tls_keyfile=self.scheduler_tls_keyfile,
+        )
+        if self.scheduler_tls_certfile is not None and self.scheduler_tls_ca is None:
+            raise ValueError("scheduler_tls_certfile needs scheduler_tls_ca: without it TLS is off")
         return self
 
     @model_validator(mode="after")

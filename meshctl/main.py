@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 from typing import cast
+
+from pydantic import ValidationError
 
 from plumbing.structured_logs import LogFormat, configure_logging
 
@@ -18,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "meshctl.keys",
     "meshctl.models",
     "meshctl.scheduler_command",
+    "meshctl.settings_reference",
     "meshctl.top",
     "meshctl.up",
     "meshctl.usage",
@@ -41,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one `llm-mesh` subcommand and returns its exit status."""
+    """Runs one `llm-mesh` subcommand and returns its exit status (2: invalid settings)."""
     args = build_parser().parse_args(argv)
     log_format = args.log_format or os.environ.get("LLM_MESH_LOG_FORMAT", "text")
     if log_format not in ("text", "json"):
@@ -49,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(
         args.log_level, cast(LogFormat, log_format), service=f"llm-mesh {args.command}"
     )
-    return cast(int, args.handler(args))
+    try:
+        return cast(int, args.handler(args))
+    except ValidationError as exc:
+        # Settings are built when a command starts: the message names each invalid setting.
+        print(f"llm-mesh {args.command}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

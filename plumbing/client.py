@@ -12,6 +12,10 @@ once on each other target. Each replica's standard gRPC health service is checke
 gone) is skipped while another is, and tried only as a last resort. With tracing on
 (`plumbing.telemetry`), each call gets a client span and sends its trace context in the
 metadata.
+
+Channels are plaintext unless `credentials` are given (`plumbing.grpc_tls.channel_credentials`
+makes them from PEM files: the CA bundle to trust, and a client certificate for mutual TLS).
+Calls and health checks share each target's channel, hence its credentials.
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ DEFAULT_CHANNEL_OPTIONS: Final[tuple[tuple[str, Any], ...]] = (
 class SchedulerClient:
     """Calls `SchedulerService` on one or more scheduler replicas.
 
-    `api_key` goes out as `authorization: Bearer <api_key>` metadata. Close with `aclose()`
-    or use `async with`.
+    `api_key` goes out as `authorization: Bearer <api_key>` metadata. `credentials` (e.g. from
+    `plumbing.grpc_tls.channel_credentials`) turn on TLS to every target; without them channels are
+    plaintext. Close with `aclose()` or use `async with`.
     """
 
     def __init__(
@@ -57,15 +62,19 @@ class SchedulerClient:
         target: str | Sequence[str],
         *,
         api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
     ) -> None:
         targets = [target] if isinstance(target, str) else list(target)
         if not targets:
             raise ValueError("at least one scheduler target is required")
-        interceptors = client_interceptors()
+        interceptors = client_interceptors() or None
+        options = list(channel_options)
         self._channels = [
-            grpc.aio.insecure_channel(
-                address, options=list(channel_options), interceptors=interceptors or None
+            grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+            if credentials is None
+            else grpc.aio.secure_channel(
+                address, credentials, options=options, interceptors=interceptors
             )
             for address in targets
         ]

@@ -1,8 +1,9 @@
 """Settings every service shares (`LLM_MESH_*`), and the building blocks of each service's own.
 
 Each service's `Settings` derives from `ServiceSettingsBase`, which nests the shared ones as
-`mesh`, and types its fields with the shapes below: durations in seconds and the probes' HTTP
-address.
+`mesh`, and types its fields with the shapes below: durations in seconds, the probes' HTTP
+address and PEM files; `require_together` checks the settings that only make sense as a pair
+(a TLS certificate and its key).
 Build settings once in `main()` and pass them down; tests build them directly.
 """
 
@@ -11,10 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["MeshSettings", "PositiveSeconds", "ProbeBind", "Seconds", "ServiceSettingsBase"]
+__all__ = [
+    "MeshSettings",
+    "OptionalPemFile",
+    "PositiveSeconds",
+    "ProbeBind",
+    "Seconds",
+    "ServiceSettingsBase",
+    "require_together",
+]
 
 #: A duration in seconds, more than zero: timeouts, intervals, lifetimes.
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -25,6 +34,28 @@ ProbeBind = Annotated[
     str,
     Field(description="HTTP address of /healthz, /readyz and /metrics; port 0 picks a free port."),
 ]
+
+
+def _existing_file(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    return path
+
+
+#: Unset, or a PEM file (TLS certificate chain, private key or CA bundle) that exists when the
+#: settings are built: a wrong path stops the service at start, naming the setting. (The check
+#: wraps the whole optional type, so the settings reference reads it as a path.)
+OptionalPemFile = Annotated[Path | None, AfterValidator(_existing_file)]
+
+
+def require_together(**settings: object) -> None:
+    """Raises `ValueError` naming the missing ones unless all `settings` (name=value) are set
+    or all are unset (`None`); call it from a `model_validator`."""
+    missing = [name for name, value in settings.items() if value is None]
+    if missing and len(missing) < len(settings):
+        raise ValueError(
+            f"{' and '.join(settings)} must be set together: {', '.join(missing)} is not set"
+        )
 
 
 def _default_data_dir() -> Path:

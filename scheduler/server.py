@@ -3,7 +3,8 @@
 `SchedulerServer.start` connects to the broker, feeds heartbeats into the registry, starts the
 background loops (reply dispatch, registry expiry, the sweep of leftover stored payloads when
 object storage is configured), then serves gRPC (`SchedulerService`, the
-standard health service and reflection) and the HTTP probes. `stop` reverses it: health turns
+standard health service and reflection; over TLS when `tls_certfile` is set, mutual TLS when
+`tls_client_ca` is too) and the HTTP probes. `stop` reverses it: health turns
 NOT_SERVING, in-flight calls get a grace period, then the broker connection closes (the
 replica's queues vanish with it).
 """
@@ -21,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from llmmesh.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 
 from plumbing import event_loop
+from plumbing.grpc_tls import server_credentials
 from plumbing.keystore import Keystore
 from plumbing.object_store import PayloadStore
 from plumbing.probes import ProbeServer, parse_bind
@@ -116,6 +118,7 @@ class SchedulerServer:
 
     async def start(self) -> None:
         """Connects to the broker and starts serving."""
+        credentials = _server_credentials(self.settings)  # A bad file fails before anything.
         await self.broker.connect()
         await self.broker.listen_to_heartbeats(self.registry.observe)
         self._background = asyncio.create_task(self._run_background())
@@ -135,7 +138,11 @@ class SchedulerServer:
         reflection.enable_server_reflection(
             [_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(self.settings.grpc_bind)
+        self.port = (
+            server.add_insecure_port(self.settings.grpc_bind)
+            if credentials is None
+            else server.add_secure_port(self.settings.grpc_bind, credentials)
+        )
         await server.start()
         self._server = server
         await self._health.set(_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -203,6 +210,15 @@ class SchedulerServer:
                 )
                 logger.warning("worker %s lost; %d streams failed", worker_id, failed)
             self.metrics.live_workers.set(len(self.registry.workers()))
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The gRPC port's TLS credentials from the settings' PEM files; None = plaintext."""
+    if settings.tls_certfile is None or settings.tls_keyfile is None:
+        return None
+    return server_credentials(
+        settings.tls_certfile, settings.tls_keyfile, client_ca=settings.tls_client_ca
+    )
 
 
 async def serve(settings: Settings) -> None:

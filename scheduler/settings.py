@@ -8,7 +8,14 @@ from pydantic import Field, HttpUrl, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plumbing.object_store import DEFAULT_PAYLOAD_BUCKET
-from plumbing.settings import PositiveSeconds, ProbeBind, Seconds, ServiceSettingsBase
+from plumbing.settings import (
+    OptionalPemFile,
+    PositiveSeconds,
+    ProbeBind,
+    Seconds,
+    ServiceSettingsBase,
+    require_together,
+)
 
 __all__ = ["Settings"]
 
@@ -28,6 +35,19 @@ class Settings(ServiceSettingsBase, BaseSettings):
 
     grpc_bind: str = Field(
         default="127.0.0.1:50051", description="gRPC listen address; port 0 picks a free port."
+    )
+    tls_certfile: OptionalPemFile = Field(
+        default=None,
+        description="TLS certificate chain of the gRPC port (PEM); with tls_keyfile. Unset = "
+        "plaintext gRPC. Clients trust its CA with `LLM_MESH_GATEWAY_SCHEDULER_TLS_CA`.",
+    )
+    tls_keyfile: OptionalPemFile = Field(
+        default=None, description="Private key (PEM) of tls_certfile."
+    )
+    tls_client_ca: OptionalPemFile = Field(
+        default=None,
+        description="CA bundle (PEM): when set, every gRPC client must present a certificate "
+        "signed by it (mutual TLS). Needs tls_certfile.",
     )
     http_bind: ProbeBind = "127.0.0.1:9101"
     queue_timeout: PositiveSeconds = Field(
@@ -119,6 +139,13 @@ class Settings(ServiceSettingsBase, BaseSettings):
     payload_sweep_interval: PositiveSeconds = Field(
         default=600.0, description="How often the payload bucket is swept of leftovers."
     )
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Self:
+        require_together(tls_certfile=self.tls_certfile, tls_keyfile=self.tls_keyfile)
+        if self.tls_client_ca is not None and self.tls_certfile is None:
+            raise ValueError("tls_client_ca needs tls_certfile and tls_keyfile: TLS is off")
+        return self
 
     @model_validator(mode="after")
     def _payloads_outlive_requests(self) -> Self:
