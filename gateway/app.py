@@ -56,6 +56,7 @@ from gateway.settings import GatewaySettings
 from gateway.streaming import GenerationResponse, GenerationStream, gather, start_generation
 from gateway.validation import validate_request
 from plumbing.client import SchedulerClient
+from plumbing.grpc_tls import channel_credentials
 from plumbing.keystore import Keystore
 from plumbing.usage_meter import UsageMeter
 
@@ -127,7 +128,8 @@ class _GenerationRoute:
         self._gateway = gateway
         self._api = api
 
-    def _error(self, error: MeshError, model: str = "") -> Response:
+    def _error(self, error: MeshError, model: str = "", *, counted: bool = False) -> Response:
+        """The error response in the API's shape; counts the request unless already `counted`."""
         # Only routed names become label values: clients choose the others.
         label = model if model in self._gateway.routing else "unknown"
         if isinstance(error, InvalidRequest) and error.field:
@@ -136,7 +138,8 @@ class _GenerationRoute:
                 error.message = error.message.replace(error.field, renamed, 1)
             error.field = renamed
         metrics = self._gateway.metrics
-        metrics.requests.labels(self._api.name, label, str(error.status)).inc()
+        if not counted:
+            metrics.requests.labels(self._api.name, label, str(error.status)).inc()
         if isinstance(error, QuotaExceeded):
             metrics.quota_rejections.labels(label).inc()
         return JSONResponse(
@@ -155,10 +158,11 @@ class _GenerationRoute:
 
     async def _start(
         self, backends: Backends, canonical: chat_pb2.ChatRequest
-    ) -> tuple[events_pb2.StreamEvent, AsyncIterator[events_pb2.StreamEvent]]:
+    ) -> tuple[events_pb2.StreamEvent, AsyncIterator[events_pb2.StreamEvent], str | None]:
         """Starts the request on its route, or its fallbacks while the backend is unavailable.
 
-        Returns the `GenerationStart` and the rest of the stream; raises the last mesh error.
+        Returns the `GenerationStart`, the rest of the stream and the provider that serves it
+        (None for the scheduler); raises the last mesh error.
         """
         timeout = _effective_timeout(canonical, self._gateway.settings.total_timeout)
         error: MeshError | None = None
@@ -170,7 +174,8 @@ class _GenerationRoute:
                 attempt.priority = route.priority
             events = backends.open(name, route, attempt, timeout)
             try:
-                return await start_generation(events, self._gateway.metrics), events
+                first = await start_generation(events, self._gateway.metrics)
+                return first, events, None if route.backend == "self_hosted" else route.backend
             except MeshError as failure:
                 error = failure
                 if not _is_unavailable(failure):
@@ -199,7 +204,17 @@ class _GenerationRoute:
             return self._error(ModelNotFound.for_model(model, available), model)
         if record is not None:
             record.request.model = model
-        entry = await admit(running.keystore, running.ledger, api_key, key, model)
+        try:
+            entry = await admit(
+                running.keystore,
+                running.ledger,
+                api_key,
+                key,
+                model,
+                default_quotas=gateway.routing.default_quotas,
+            )
+        except MeshError as error:
+            return self._error(error, model)  # counted under the model (a routed name)
         meter = UsageMeter()
         if record is not None:
             record.meter = meter
@@ -211,7 +226,7 @@ class _GenerationRoute:
         except BaseException:
             await entry.close(meter, "error")
             raise
-        first, events = started
+        first, events, provider = started
         time_to_start = time.monotonic() - arrived
         gateway.metrics.time_to_start.labels(self._api.name).observe(time_to_start)
         if record is not None:
@@ -225,6 +240,7 @@ class _GenerationRoute:
             metrics=gateway.metrics,
             api=self._api.name,
             model=model,
+            provider=provider,
         )
         if edge.stream:
             return GenerationResponse(
@@ -241,7 +257,8 @@ class _GenerationRoute:
         if completion is None:
             return Response(status_code=499)
         if completion.error is not None:
-            return self._error(error_from_stream_error(completion.error), model)
+            # The stream's close already counted the request (outcome "error").
+            return self._error(error_from_stream_error(completion.error), model, counted=True)
         return JSONResponse(self._api.document(completion, canonical))
 
 
@@ -299,9 +316,17 @@ def create_app(
             client: Scheduler = scheduler
         else:
             credential = settings.service_credential
+            ca = settings.scheduler_tls_ca
             client = SchedulerClient(
                 settings.scheduler_targets,
                 api_key=credential.get_secret_value() if credential is not None else None,
+                credentials=None
+                if ca is None
+                else channel_credentials(
+                    ca,
+                    certfile=settings.scheduler_tls_certfile,
+                    keyfile=settings.scheduler_tls_keyfile,
+                ),
             )
         backends = Backends(
             gateway.routing,

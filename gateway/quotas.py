@@ -1,11 +1,12 @@
 """Admission against a key's permissions and quotas, and the request's usage record.
 
-`admit` checks the (verified) key's model permission, and for a key with quotas checks them
-and opens the request's ledger row in one transaction (`plumbing.keystore`); a key without
-quotas is admitted in memory: its row is written whole when the request ends. The returned
-`LedgerEntry` records the request's usage exactly once when it ends, however it ends
-(`close`, idempotent, shielded from the cancellation of a disconnecting client's task),
-through the gateway's group-committing `LedgerWriter`.
+`admit` checks the (verified) key's model permission, and for a key held to quotas checks them
+and opens the request's ledger row in one transaction (`plumbing.keystore`). A key is held to
+its own quotas, or, when it has none, to the routing file's `default_quotas` (counted the same
+way, from the ledger); a key held to none is admitted in memory: its row is written whole when
+the request ends. The returned `LedgerEntry` records the request's usage exactly once when it
+ends, however it ends (`close`, idempotent, shielded from the cancellation of a disconnecting
+client's task), through the gateway's group-committing `LedgerWriter`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from plumbing.keystore import (
     Keystore,
     ModelNotAllowed,
     QuotaExhausted,
+    Quotas,
     UsageOutcome,
 )
 from plumbing.usage_meter import UsageMeter
@@ -96,17 +98,26 @@ class LedgerEntry:
 
 
 async def admit(
-    keystore: Keystore, ledger: LedgerWriter, api_key: str, key: KeyRecord, model: str
+    keystore: Keystore,
+    ledger: LedgerWriter,
+    api_key: str,
+    key: KeyRecord,
+    model: str,
+    *,
+    default_quotas: Quotas | None = None,
 ) -> LedgerEntry:
     """Admits one request of the verified `key` (`api_key` itself) for `model`.
 
+    A key without quotas of its own is held to `default_quotas` (None = no limit).
     Raises `Unauthenticated`, `PermissionDenied` or `QuotaExceeded` (with `retry_after`).
     """
     if not key.allows(model):
         raise PermissionDenied(f"This API key may not use the model {model!r}.", field="model")
-    if not key.has_quotas:
+    if not key.has_quotas and default_quotas is None:
         return LedgerEntry(ledger, key, model, started_at=datetime.now(UTC))
-    admission_call = functools.partial(keystore.admit, api_key, model, source="http")
+    admission_call = functools.partial(
+        keystore.admit, api_key, model, source="http", default_quotas=default_quotas
+    )
     try:
         admission = await anyio.to_thread.run_sync(admission_call)
     except InvalidKey as exc:

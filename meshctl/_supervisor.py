@@ -2,7 +2,7 @@
 
 Each service is an `llm-mesh <command>` subprocess in its own session, so its process group is
 its whole process tree (vLLM's engine-core child included) and a terminal's Ctrl-C reaches only
-`llm-mesh up`, which then stops the groups in order. Every line a service writes, on stdout or
+`llm-mesh up`, which then stops the services. Every line a service writes, on stdout or
 stderr, is copied to one sink prefixed with the service's name (`[worker] ...`).
 """
 
@@ -79,7 +79,9 @@ class Supervisor:
 
     `program` is the command that runs `llm-mesh` (its arguments follow). `watch` raises
     `ServiceExited` as soon as any service ends while the supervisor is not stopping them.
-    Stopping sends SIGTERM to each process group, gives them `grace` seconds together, then
+    Stopping sends SIGTERM to each service process (the group's leader, not its children: a
+    service stops its own children in its own order, as the worker does vLLM's engine core,
+    which would otherwise die under it mid-shutdown), gives them `grace` seconds together, then
     SIGKILLs what is left of every group (also members that outlived their leader). `kill`
     skips the rest of the grace period.
     """
@@ -150,8 +152,9 @@ class Supervisor:
         self.stopping = True
         running = [service for service in self._services if service.process.returncode is None]
         for service in reversed(running):
-            logger.debug("SIGTERM to the %s (process group %d)", service.name, service.pid)
-            _signal_group(service.pid, signal.SIGTERM)
+            logger.debug("SIGTERM to the %s (pid %d)", service.name, service.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(service.pid, signal.SIGTERM)
         if running:
             all_exited = asyncio.gather(*(service.process.wait() for service in running))
             killing = asyncio.create_task(self._killing.wait())

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
-from typing import Any
+from types import FrameType
+from typing import Any, Final
 
 __all__ = ["add_parser", "run"]
+
+#: The signals that stop the gateway gracefully (uvicorn's own handlers take them while it
+#: serves).
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,7 +33,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs the gateway until SIGINT/SIGTERM; exit status 2 when the routing file is invalid."""
+    """Runs the gateway until SIGINT/SIGTERM, then stops gracefully; exit status 0 after a
+    requested stop, 1 when it could not start serving, 2 when the routing file is invalid."""
     # Imported here: the other `llm-mesh` commands need none of the gateway.
     import uvicorn
 
@@ -62,7 +69,20 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
     )
     server = uvicorn.Server(config)
-    event_loop.run(_serve(server, "https" if settings.tls_certfile else "http"))
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler
+    # it found installed ("cooperative signal handling", uvicorn 0.29): with the default one
+    # there, a gateway that stopped cleanly would die of the signal (exit status -15). This
+    # handler makes a requested stop exit 0; before uvicorn listens, it asks it to stop too.
+    previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    try:
+        event_loop.run(_serve(server, "https" if settings.tls_certfile else "http"))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0 if server.started else 1
 
 

@@ -6,6 +6,10 @@ wrapper always exits 0. The rendered model (anchors merged, variables interpolat
 checked against the code: each `llm-mesh` service's `command:` parses with the CLI's own
 parser, and each `LLM_MESH_*` key is a field of the settings classes that command reads (the
 names come from the pydantic-settings classes) with a value they accept.
+
+The README's deploy commands run as printed where no engine is needed: they write the `.env`
+the stack is validated with, and the one-shot admin service's command (which registers the
+gateway's service key) runs twice against a real database, as every `docker compose up` runs it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -22,24 +27,27 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
 from pydantic_settings import BaseSettings
+from readme_snippets import code_blocks, section
 
 from gateway.routing import load_routing
 from gateway.settings import GatewaySettings
 from meshctl.main import build_parser
+from meshctl.settings_reference import settings_of
+from plumbing.keystore import Keystore
 from plumbing.settings import MeshSettings
 from scheduler.settings import Settings as SchedulerSettings
 from worker.settings import Settings as WorkerSettings
 
 REPOSITORY = Path(__file__).resolve().parents[3]
+LLM_MESH = str(Path(sys.executable).with_name("llm-mesh"))
 COMPOSE_FILE = REPOSITORY / "docker-compose.yml"
 #: The secrets docker-compose.yml interpolates (made-up values, as an operator's .env has).
 SECRETS = {
     "RABBITMQ_PASSWORD": "rabbit-secret",
     "MINIO_ROOT_PASSWORD": "minio-secret",
     "POSTGRES_PASSWORD": "postgres-secret",
-    "GATEWAY_SERVICE_CREDENTIAL": "lm-0123456789abcdef.service-secret",
+    "GATEWAY_SERVICE_CREDENTIAL": "lm-0123456789abcdef." + "s" * 43,
 }
 #: The settings class each service command reads, besides the shared `MeshSettings`.
 SETTINGS_OF_COMMAND: dict[str, type[BaseSettings]] = {
@@ -56,15 +64,27 @@ def _compose_binary() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
 
 
-def _compose(*arguments: str, secrets: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    # The operator's own variables stay out: only the secrets given here are set.
+def _compose(
+    *arguments: str, secrets: dict[str, str], env_file: Path = Path(os.devnull)
+) -> subprocess.CompletedProcess[str]:
+    # The operator's own variables stay out (an .env beside the file too): only the secrets
+    # given here, or those of `env_file`, are set.
     environment = {
         name: value
         for name, value in os.environ.items()
         if name not in SECRETS and not name.startswith(("COMPOSE_", "DOCKER_"))
     }
     return subprocess.run(
-        [str(_compose_binary()), "-f", str(COMPOSE_FILE), "--profile", "monitoring", *arguments],
+        [
+            str(_compose_binary()),
+            "-f",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(env_file),
+            "--profile",
+            "monitoring",
+            *arguments,
+        ],
         env={**environment, **secrets},
         capture_output=True,
         text=True,
@@ -89,15 +109,8 @@ def _mesh_services() -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _env_names(settings: type[BaseSettings]) -> set[str]:
-    """The environment variable of each (non-nested) field of a settings class."""
-    prefix = settings.model_config.get("env_prefix", "")
-    names = set()
-    for field_name, field in settings.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            continue  # the nested shared settings: read by their own class
-        alias = field.validation_alias
-        names.add((alias if isinstance(alias, str) else f"{prefix}{field_name}").upper())
-    return names
+    """The environment variables of a settings class (as docs/settings.md lists them)."""
+    return {setting.variable for setting in settings_of(settings)}
 
 
 def test_compose_config_validates() -> None:
@@ -105,9 +118,7 @@ def test_compose_config_validates() -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize(
-    "missing", ["RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD"]
-)
+@pytest.mark.parametrize("missing", list(SECRETS))
 def test_compose_refuses_to_run_without_a_secret(missing: str) -> None:
     secrets = {name: value for name, value in SECRETS.items() if name != missing}
     result = _compose("config", "--quiet", secrets=secrets)
@@ -220,3 +231,68 @@ def test_prometheus_scrapes_every_service_on_its_port() -> None:
         elif args.command in ("scheduler", "worker"):
             expected.add(f"{name}:{args.http_bind.rsplit(':', 1)[1]}")
     assert targets == expected
+
+
+def _readme_env_commands() -> str:
+    """The README's deploy commands up to the end of the `.env` they write."""
+    (block, *_others) = code_blocks(section("Deploying with docker-compose"), "sh")
+    lines = block.splitlines()
+    return "\n".join(lines[: lines.index("EOF") + 1])
+
+
+def test_the_readme_env_starts_the_stack_and_its_admin_registers_the_gateway_key(
+    tmp_path: Path,
+) -> None:
+    # The README's commands, as printed: they write .env once, and a second run keeps it.
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    contents = []
+    for _run in range(2):
+        subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", _readme_env_commands()],
+            cwd=tmp_path,
+            env={**os.environ, "PATH": path},
+            check=True,
+            timeout=60,
+        )
+        contents.append((tmp_path / ".env").read_text())
+    written = contents[0]
+    assert contents[1] == written
+    env = dict(line.split("=", 1) for line in written.splitlines())
+    assert set(env) == set(SECRETS)
+
+    result = _compose("config", "--format", "json", secrets={}, env_file=tmp_path / ".env")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    credential = services["gateway"]["environment"]["LLM_MESH_GATEWAY_SERVICE_CREDENTIAL"]
+    assert credential == env["GATEWAY_SERVICE_CREDENTIAL"]
+
+    # The admin service's command, as each `docker compose up` runs it (SQLite for PostgreSQL).
+    admin = services["admin"]
+    environment = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("LLM_MESH_")},
+        **admin["environment"],
+        "LLM_MESH_DATABASE_URL": "",
+        "LLM_MESH_DATA_DIR": str(tmp_path / "data"),
+    }
+    outputs = []
+    for _run in range(2):
+        registered = subprocess.run(
+            [LLM_MESH, *admin["command"]],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert registered.returncode == 0, registered.stderr
+        assert credential not in registered.stdout + registered.stderr  # never printed
+        outputs.append(registered.stdout)
+    key_id = credential.removeprefix("lm-").split(".")[0]
+    assert outputs == [f"key id: {key_id} (stored)\n", f"key id: {key_id} (already stored)\n"]
+    keystore = Keystore.open(f"sqlite:///{tmp_path / 'data' / 'llm-mesh.sqlite3'}")
+    try:
+        record = keystore.authenticate(credential)
+        assert (record.owner, record.service) == ("gateway", True)
+        assert len(keystore.list_keys()) == 1
+    finally:
+        keystore.close()

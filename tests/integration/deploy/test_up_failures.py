@@ -9,7 +9,13 @@ import socket
 from pathlib import Path
 
 import pytest
-from up_process import LLM_MESH, UpProcess, broker_names, live_members
+from up_process import (
+    LLM_MESH,
+    SERVICES_STOPPED_CLEANLY,
+    UpProcess,
+    broker_names,
+    live_members,
+)
 
 from plumbing.keystore import Keystore
 
@@ -34,6 +40,8 @@ async def test_the_dev_key_is_created_once_and_reused(tmp_path: Path) -> None:
     try:
         first.process.send_signal(signal.SIGTERM)
         assert await first.wait() == 0, first.tail()
+        assert first.stop_statuses() == SERVICES_STOPPED_CLEANLY, first.tail()
+        assert first.stop_errors() == [], first.tail()
     finally:
         await first.close()
     second = await UpProcess.start(tmp_path, ["--engine", "synthetic", "--port", "0"])

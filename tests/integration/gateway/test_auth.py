@@ -25,7 +25,6 @@ from llmmesh.v1 import chat_pb2
 from plumbing.client import SchedulerClient
 from plumbing.keystore import Keystore, UsageRecord, parse_key
 from plumbing.settings import MeshSettings
-from scheduler.auth import AuthInterceptor
 from scheduler.server import SchedulerServer
 from scheduler.settings import Settings
 
@@ -138,7 +137,7 @@ async def auth_scheduler(
         discovery_period=0,
         grace_period=1,
     )
-    server = SchedulerServer(settings, interceptors=[AuthInterceptor(sqlite_keystore)])
+    server = SchedulerServer(settings, keystore=sqlite_keystore)
     await server.start()
     try:
         async with SchedulerClient(f"127.0.0.1:{server.port}", api_key=service_key) as client:

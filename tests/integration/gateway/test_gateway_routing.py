@@ -13,8 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_mesh import LLM_MESH, MODEL, Mesh, start_gateway
+from gateway_mesh import MODEL, Mesh, start_gateway
 
+from bench.process_mesh import LLM_MESH
 from plumbing.keystore import Keystore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -27,9 +28,25 @@ def _closed_port() -> int:
     return port  # nothing listens there once the probe is closed
 
 
-async def test_invalid_routing_file_refuses_to_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (
+            "models:\n  good: {backend: self_hosted}\n  broken: {backend: openai}\n",
+            ["models.broken", "api_key_env"],
+        ),
+        (
+            "default_quotas: {requests_per_minute: 0}\nmodels:\n  good: {backend: self_hosted}\n",
+            ["default_quotas.requests_per_minute"],
+        ),
+    ],
+    ids=["model", "default_quotas"],
+)
+async def test_invalid_routing_file_refuses_to_start(
+    tmp_path: Path, content: str, named: list[str]
+) -> None:
     routing = tmp_path / "models.yaml"
-    routing.write_text("models:\n  good: {backend: self_hosted}\n  broken: {backend: openai}\n")
+    routing.write_text(content)
     result = await asyncio.to_thread(
         subprocess.run,
         [LLM_MESH, "gateway", "--port", "0"],
@@ -39,7 +56,9 @@ async def test_invalid_routing_file_refuses_to_start(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "models.broken" in result.stderr and "api_key_env" in result.stderr
+    assert str(routing) in result.stderr
+    for name in named:
+        assert name in result.stderr
 
 
 async def test_unavailable_provider_falls_back(

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from gateway_mesh import LLM_MESH, MODEL, Mesh, start_gateway
+from gateway_mesh import MODEL, Mesh, start_gateway
 
+from bench.process_mesh import LLM_MESH
 from plumbing.keystore import Keystore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

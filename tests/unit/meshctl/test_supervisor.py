@@ -42,6 +42,22 @@ elif mode == "orphaning":
     sys.exit(5)
 elif mode == "early":
     sys.exit(4)
+elif mode == "parent":
+    # Like the worker and vLLM's engine core: the child must not be signalled under it; the
+    # service stops its child itself.
+    child = subprocess.Popen([sys.executable, "-c",
+        "import signal, sys, time\\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (print('child: SIGTERM', flush=True), "
+        "sys.exit(0)))\\n"
+        "print('child ready', flush=True)\\n"
+        "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "child ready\\n"
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+    print("ready: parent", flush=True)
+    signal.sigwait([signal.SIGTERM])
+    child.kill()
+    print(f"child killed by its parent: {child.wait() == -signal.SIGKILL}", flush=True)
+    print(f"child said: {child.stdout.read()!r}", flush=True)
 elif mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("ready: ignoring SIGTERM", flush=True)
@@ -83,6 +99,18 @@ async def test_lines_are_prefixed_and_the_group_is_stopped_whole() -> None:
     assert "[api] converting 100%" in lines  # a progress bar, as a terminal ends up showing it
     assert service.process.returncode == 0
     assert _group_members(service.pid) == []
+
+
+async def test_stop_signals_the_service_and_leaves_its_children_to_it() -> None:
+    sink = io.StringIO()
+    async with asyncio.timeout(TIMEOUT):
+        async with Supervisor(PROGRAM, sink=sink, grace=5.0) as supervisor:
+            service = await supervisor.start("worker", ["parent"], environment={}, ready="ready:")
+            await service.ready()
+    lines = sink.getvalue().splitlines()
+    assert "[worker] child killed by its parent: True" in lines
+    assert "[worker] child said: ''" in lines
+    assert service.process.returncode == 0
 
 
 async def test_watch_reports_a_service_that_exits_unasked() -> None:
