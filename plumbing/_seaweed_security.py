@@ -21,15 +21,11 @@ so the server runs in the directory this module writes to.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import secrets
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from plumbing.certificates import CertificateAuthority
 
 __all__ = ["write_security_config"]
 
@@ -48,8 +44,6 @@ _GRPC_SECTIONS: Final = (
 )
 #: The certificates outlive any run (they are made per run, and deleted with it).
 _VALIDITY: Final = datetime.timedelta(days=3650)
-#: Clock skew tolerated on `not_valid_before`.
-_BACKDATE: Final = datetime.timedelta(hours=1)
 
 
 def write_security_config(directory: Path, *, host: str) -> Path:
@@ -59,70 +53,8 @@ def write_security_config(directory: Path, *, host: str) -> Path:
     the path of `security.toml`; weed finds it when started with `directory` as its working
     directory.
     """
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    node_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llm-mesh seaweedfs run CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    node_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "seaweedfs")]))
-        .issuer_name(ca_name)
-        .public_key(node_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path = _write_private(directory / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path = _write_private(
-        directory / "node.crt", node_cert.public_bytes(serialization.Encoding.PEM)
-    )
-    key_path = _write_private(
-        directory / "node.key",
-        node_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    authority = CertificateAuthority(directory, "ca", validity=_VALIDITY)
+    node = authority.leaf("node", server=True, client=True, hosts=(host, "localhost"))
     lines = [
         "# Written by llm-mesh (plumbing/_seaweed_security.py) for one weed run.",
         *_section("jwt.signing", key=secrets.token_urlsafe(32)),
@@ -131,10 +63,10 @@ def write_security_config(directory: Path, *, host: str) -> Path:
         *_section("jwt.filer_signing.read", key=secrets.token_urlsafe(32)),
         # The volume server's status UI stays off (it is already, with a signing key).
         *_section("access", ui=False),
-        *_section("grpc", ca=str(ca_path)),
+        *_section("grpc", ca=str(authority.certfile)),
     ]
     for name in _GRPC_SECTIONS:
-        lines += _section(f"grpc.{name}", cert=str(cert_path), key=str(key_path))
+        lines += _section(f"grpc.{name}", cert=str(node.certfile), key=str(node.keyfile))
     return _write_private(directory / "security.toml", "\n".join(lines).encode() + b"\n")
 
 

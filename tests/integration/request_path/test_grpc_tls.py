@@ -21,9 +21,9 @@ import httpx
 import pytest
 import pytest_asyncio
 from request_path_harness import Mesh, chat, kinds
-from tls_certificates import CertificateAuthority, Leaf
 
 from bench.process_mesh import LLM_MESH, ServiceProcess, start_process
+from plumbing.certificates import CertificateAuthority, Leaf
 from plumbing.client import SchedulerClient
 from plumbing.grpc_tls import channel_credentials
 from plumbing.keystore import Keystore
