@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from broker_inspector import BrokerInspector
 from shared_worker import SharedWorker, assert_no_vllm_engine
 
 
@@ -51,6 +52,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _directory_of(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0].rsplit("/", 1)[0]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def broker() -> AsyncIterator[BrokerInspector]:
+    """A random broker prefix for the module (`test-<8 hex>.`); everything under it is deleted
+    (and checked gone) at the end."""
+    inspector = BrokerInspector(f"test-{uuid.uuid4().hex[:8]}.")
+    yield inspector
+    await inspector.delete_everything()
+    assert await inspector.names() == (set(), set())
 
 
 @pytest.fixture(scope="session")

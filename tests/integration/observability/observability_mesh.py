@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import uuid
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,12 +277,10 @@ def spans() -> Iterator[InMemorySpanExporter]:
         provider.shutdown()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def prefix() -> AsyncIterator[str]:
-    """The module's broker prefix; everything under it is deleted at the end."""
-    name = f"test-{uuid.uuid4().hex[:8]}."
-    yield name
-    await BrokerInspector(name).delete_everything()
+@pytest.fixture(scope="module")
+def prefix(broker: BrokerInspector) -> str:
+    """The module's broker prefix (the `broker` fixture deletes everything under it)."""
+    return broker.prefix
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -6,7 +6,6 @@ stopped, everything under the prefix deleted, and the broker is checked to hold 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,14 +13,6 @@ import pytest
 import pytest_asyncio
 from broker_inspector import BrokerInspector
 from request_path_harness import Mesh
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def broker() -> AsyncIterator[BrokerInspector]:
-    inspector = BrokerInspector(f"test-{uuid.uuid4().hex[:8]}.")
-    yield inspector
-    await inspector.delete_everything()
-    assert await inspector.names() == (set(), set())
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

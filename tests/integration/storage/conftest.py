@@ -62,15 +62,6 @@ def model_dir(tmp_path: Path) -> Path:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def broker() -> AsyncIterator[BrokerInspector]:
-    """A random broker prefix; everything under it is deleted (and checked gone) at the end."""
-    inspector = BrokerInspector(f"test-{uuid.uuid4().hex[:8]}.")
-    yield inspector
-    await inspector.delete_everything()
-    assert await inspector.names() == (set(), set())
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def mesh(
     broker: BrokerInspector, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Mesh]:
