@@ -44,9 +44,11 @@ __all__ = [
     "OrphanedProcesses",
     "ServiceExited",
     "ServiceProcess",
+    "assert_no_vllm_engine",
     "sample_sum",
     "scrape_metrics",
     "start_process",
+    "vllm_engines",
     "wait_until",
 ]
 
@@ -351,6 +353,29 @@ def _settle(
 
     with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits anymore
         loop.call_soon_threadsafe(resolve)
+
+
+def vllm_engines() -> list[psutil.Process]:
+    """Live vLLM engine processes descended from this one (an in-process engine's children,
+    or a worker subprocess's). vLLM titles them `VLLM::EngineCore`, `VLLM::Worker`."""
+    engines = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and any(
+                part.startswith("VLLM::") for part in process.cmdline()
+            ):
+                engines.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    return engines
+
+
+def assert_no_vllm_engine(starting: str) -> None:
+    """Fails when a vLLM engine already runs below this process: two do not fit two cores."""
+    running = vllm_engines()
+    assert not running, (
+        f"{starting} would be a second vLLM engine beside {[p.pid for p in running]}"
+    )
 
 
 def _live_group(group: int) -> list[psutil.Process]:

@@ -18,7 +18,7 @@ machine"). There are two kinds:
   start the shared worker. A module must not mix the two kinds.
 
 The shared worker and the in-process engine check, just before they start, that no vLLM
-engine process descends from this session (`shared_worker.assert_no_vllm_engine`): should an
+engine process descends from this session (`bench.process_mesh.assert_no_vllm_engine`): should an
 ordering change ever make two overlap, the run fails instead of overloading the machine.
 
 The converted model lives in pytest's cache directory (`.pytest_cache/d/llm-mesh-data`,
@@ -35,7 +35,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from broker_inspector import BrokerInspector
-from shared_worker import SharedWorker, assert_no_vllm_engine
+from shared_worker import SharedWorker
+
+from bench.process_mesh import assert_no_vllm_engine
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from bench.process_mesh import LLM_MESH, ServiceProcess, start_process
 from meshctl._local_broker import delete_stack
 from plumbing.topology import Topology
@@ -32,8 +30,6 @@ __all__ = [
     "MISSED_HEARTBEATS",
     "MODEL",
     "SharedWorker",
-    "assert_no_vllm_engine",
-    "vllm_engines",
 ]
 
 MODEL = "smollm2-135m"
@@ -48,29 +44,6 @@ WAIT_TIMEOUT = 10.0
 HEARTBEAT_INTERVAL = 1.0
 #: How many beats the schedulers joining the worker's prefix may miss.
 MISSED_HEARTBEATS = 10
-
-
-def vllm_engines() -> list[psutil.Process]:
-    """Live vLLM engine processes descended from this one (an in-process engine's children,
-    or a worker subprocess's). vLLM titles them `VLLM::EngineCore`, `VLLM::Worker`."""
-    engines = []
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE and any(
-                part.startswith("VLLM::") for part in process.cmdline()
-            ):
-                engines.append(process)
-        except psutil.NoSuchProcess:
-            continue
-    return engines
-
-
-def assert_no_vllm_engine(starting: str) -> None:
-    """Fails when a vLLM engine already runs in this session: two do not fit two cores."""
-    running = vllm_engines()
-    assert not running, (
-        f"{starting} would be a second vLLM engine beside {[p.pid for p in running]}"
-    )
 
 
 @dataclass

@@ -27,6 +27,7 @@ import pytest_asyncio
 from google.protobuf import struct_pb2
 from llmmesh.v1 import chat_pb2, events_pb2
 
+from bench.process_mesh import assert_no_vllm_engine, vllm_engines
 from worker.model_source import prepare_packaged_model
 
 # Importing vLLM imports torch's inductor, whose modules warn about their own deprecated
@@ -99,20 +100,6 @@ async def generate(engine: VllmEngine, request: chat_pb2.ChatRequest) -> Run:
     return run
 
 
-def vllm_engines() -> list[psutil.Process]:
-    """Live vLLM engine processes descended from this one (titled `VLLM::…`)."""
-    engines = []
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE and any(
-                part.startswith("VLLM::") for part in process.cmdline()
-            ):
-                engines.append(process)
-        except psutil.NoSuchProcess:
-            continue
-    return engines
-
-
 class EngineHost:
     """The module's engine; `restart()` replaces it by a freshly loaded one."""
 
@@ -127,8 +114,7 @@ class EngineHost:
         return self._engine
 
     async def start(self) -> None:
-        running = vllm_engines()
-        assert not running, f"a second vLLM engine beside {[p.pid for p in running]}"
+        assert_no_vllm_engine("the quality gates' engine")
         engine = VllmEngine(self.model_dir, MODEL, max_num_seqs=8)
         began = time.monotonic()
         await engine.start()

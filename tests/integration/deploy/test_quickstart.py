@@ -24,7 +24,6 @@ from pathlib import Path
 
 import openai
 import pytest
-from shared_worker import assert_no_vllm_engine, vllm_engines
 from up_process import (
     MODEL,
     SERVICES_STOPPED_CLEANLY,
@@ -34,6 +33,8 @@ from up_process import (
     live_members,
     processes_of_run,
 )
+
+from bench.process_mesh import assert_no_vllm_engine, vllm_engines
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.vllm]
 

@@ -19,7 +19,9 @@ import psutil
 import pytest
 from llmmesh.v1 import events_pb2
 from observability_mesh import Mesh, chat, collect, scrape, wait_until
-from shared_worker import MISSED_HEARTBEATS, MODEL, SharedWorker, assert_no_vllm_engine
+from shared_worker import MISSED_HEARTBEATS, MODEL, SharedWorker
+
+from bench.process_mesh import assert_no_vllm_engine
 
 pytestmark = pytest.mark.vllm
 

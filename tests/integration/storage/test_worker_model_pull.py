@@ -21,8 +21,8 @@ import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
 from request_path_harness import Mesh, chat, kinds, status_details
-from shared_worker import assert_no_vllm_engine
 
+from bench.process_mesh import assert_no_vllm_engine
 from plumbing.model_manifest import ModelManifest
 from plumbing.model_store import ModelStore, local_models_dir
 from plumbing.s3_client import connect_s3

@@ -28,8 +28,8 @@ import pytest_asyncio
 from google.protobuf import struct_pb2
 from llmmesh.v1 import chat_pb2, events_pb2
 from safetensors import safe_open
-from shared_worker import assert_no_vllm_engine
 
+from bench.process_mesh import assert_no_vllm_engine
 from worker.engine_protocol import Engine, EngineOutput, RequestRejected
 from worker.model_source import prepare_packaged_model
 
