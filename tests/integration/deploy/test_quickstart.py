@@ -24,12 +24,12 @@ from pathlib import Path
 
 import openai
 import pytest
+from broker_inspector import BrokerInspector
 from up_process import (
     MODEL,
     SERVICES_STOPPED_CLEANLY,
     VLLM_START_TIMEOUT,
     UpProcess,
-    broker_names,
     live_members,
     processes_of_run,
 )
@@ -79,7 +79,6 @@ async def test_up_serves_the_real_model_and_stops_cleanly(
         assert live_members(up.groups) == [], up.tail()
         assert processes_of_run(up.prefix) == [], up.tail()
         assert vllm_engines() == []
-        assert await broker_names("queues", up.prefix) == []
-        assert await broker_names("exchanges", up.prefix) == []
+        assert await BrokerInspector(up.prefix).names() == (set(), set())
     finally:
         await up.close()

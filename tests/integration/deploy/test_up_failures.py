@@ -9,11 +9,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from broker_inspector import BrokerInspector
 from up_process import (
     LLM_MESH,
     SERVICES_STOPPED_CLEANLY,
     UpProcess,
-    broker_names,
     live_members,
 )
 
@@ -29,7 +29,7 @@ async def test_a_dying_service_stops_the_mesh_with_an_error(tmp_path: Path) -> N
         assert await up.wait() == 1, up.tail()
         assert "llm-mesh up failed: the worker was killed by signal 9" in up.tail()
         assert live_members(up.groups) == [], up.tail()
-        assert await broker_names("queues", up.prefix) == []
+        assert await BrokerInspector(up.prefix).queue_names() == set()
     finally:
         await up.close()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import sys
 import uuid
@@ -95,26 +94,6 @@ def processes_of_run(prefix: str) -> list[str]:
         if state != "Z" and marker in environment:
             found.append(f"{pid} {' '.join(command_line(pid))}")
     return found
-
-
-async def broker_names(kind: str, prefix: str) -> list[str]:
-    """Names of the broker's queues or exchanges (`kind`) that start with `prefix`."""
-    rabbitmqctl = shutil.which("rabbitmqctl", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
-    if rabbitmqctl is None:
-        pytest.skip("rabbitmqctl is needed to list the broker's queues")
-    process = await asyncio.create_subprocess_exec(
-        rabbitmqctl,
-        "-q",
-        f"list_{kind}",
-        "name",
-        "--no-table-headers",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        output, errors = await process.communicate()
-    assert process.returncode == 0, errors.decode()
-    return [name for name in output.decode().split() if name.startswith(prefix)]
 
 
 @dataclass
