@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,21 +234,31 @@ class Mesh:
             await Topology(self.prefix).declare_task_queue(await connection.channel(), model)
 
     async def aclose(self) -> None:
-        for gateway in self.gateways:
-            await gateway.stop()
-        for server, task in self.upstreams:
-            server.should_exit = True
-            async with asyncio.timeout(WAIT_TIMEOUT):
-                await task
-        for client in self.clients:
-            await client.aclose()
-        for worker in self.workers:
-            if not worker.task.done():
-                await worker.stop()
-        for scheduler in self.schedulers:
-            await scheduler.stop(grace=0)
+        """Stops everything, each part even when stopping another failed (a worker whose task
+        raised must not leave its scheduler's connection open); then raises what failed."""
+        stops: list[Callable[[], Awaitable[object]]] = [
+            *(gateway.stop for gateway in self.gateways),
+            *(functools.partial(_stop_upstream, *upstream) for upstream in self.upstreams),
+            *(client.aclose for client in self.clients),
+            *(worker.stop for worker in self.workers if not worker.task.done()),
+            *(functools.partial(scheduler.stop, grace=0) for scheduler in self.schedulers),
+        ]
+        failures: list[Exception] = []
+        for stop in stops:
+            try:
+                await stop()
+            except Exception as exc:
+                failures.append(exc)
         for keystore in self.keystores:
             keystore.close()
+        if failures:
+            raise ExceptionGroup("stopping the mesh failed", failures)
+
+
+async def _stop_upstream(server: _QuietServer, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    async with asyncio.timeout(WAIT_TIMEOUT):
+        await task
 
 
 async def _serve(app: ASGIApp) -> tuple[str, _QuietServer, asyncio.Task[None]]:
